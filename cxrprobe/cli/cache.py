@@ -1,0 +1,3 @@
+"""CLI commands: cache (filled in by its issue)."""
+
+COMMANDS: list = []

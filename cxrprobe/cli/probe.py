@@ -1,0 +1,3 @@
+"""CLI commands: probe (filled in by its issue)."""
+
+COMMANDS: list = []

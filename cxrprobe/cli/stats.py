@@ -1,0 +1,3 @@
+"""CLI commands: stats (filled in by its issue)."""
+
+COMMANDS: list = []

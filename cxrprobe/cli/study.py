@@ -1,0 +1,3 @@
+"""CLI commands: study (filled in by its issue)."""
+
+COMMANDS: list = []

@@ -1,0 +1,99 @@
+"""Provenance and atomic output: what made a file, and writes that never leave half a file."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import platform
+import sys
+import tempfile
+from collections.abc import Iterable, Mapping
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+_PACKAGES = ("cxrprobe", "torch", "timm", "numpy", "zarr", "h5py", "scikit-learn", "pandas")
+
+
+def versions(extra: Iterable[str] = ()) -> dict[str, str]:
+    """Installed versions of the packages that decide results, plus Python and platform."""
+    found = {"python": sys.version.split()[0], "platform": platform.platform()}
+    for name in (*_PACKAGES, *extra):
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return found
+
+
+def now_utc() -> str:
+    """The current time as an ISO-8601 UTC string (seconds precision)."""
+    return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file's bytes (weights, manifests), read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def to_jsonable(value: Any) -> Any:
+    """Convert numpy scalars/arrays, paths and tuples into plain JSON types."""
+    if isinstance(value, Mapping):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_jsonable(v) for v in value]
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    return value
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to a temporary file beside ``path``, then ``os.replace`` it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Atomically write UTF-8 text."""
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
+    """Atomically write ``obj`` as indented JSON (numpy values converted)."""
+    return atomic_write_text(path, json.dumps(to_jsonable(obj), indent=2, allow_nan=False) + "\n")
+
+
+def run_record(command: str, config: Mapping[str, Any]) -> dict[str, Any]:
+    """The record every output gets: command, resolved config, versions and time."""
+    return {
+        "command": command,
+        "config": to_jsonable(dict(config)),
+        "versions": versions(),
+        "time": now_utc(),
+    }
+
+
+def write_run_record(
+    out_dir: str | os.PathLike, command: str, config: Mapping[str, Any]
+) -> Path:
+    """Write ``run.json`` (resolved config and versions) into an output folder."""
+    return atomic_write_json(Path(out_dir) / "run.json", run_record(command, config))
