@@ -9,7 +9,7 @@ from __future__ import annotations
 import click
 
 from cxrprobe import __version__
-from cxrprobe.cli import cache, data, probe, stats, study
+from cxrprobe.cli import cache, data, finetune, images, probe, stats, study
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -26,6 +26,6 @@ def main() -> None:
     """
 
 
-for _module in (data, cache, probe, stats, study):
+for _module in (data, images, cache, probe, finetune, stats, study):
     for _command in _module.COMMANDS:
         main.add_command(_command)

@@ -1,0 +1,3 @@
+"""CLI commands: finetune (filled in by its issue)."""
+
+COMMANDS: list = []

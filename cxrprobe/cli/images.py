@@ -1,0 +1,3 @@
+"""CLI commands: images (filled in by its issue)."""
+
+COMMANDS: list = []
