@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -30,7 +31,7 @@ def progress(total: int | None, desc: str, unit: str = "img", disable: bool | No
     from tqdm.auto import tqdm
 
     if disable is None:
-        disable = not (click.get_text_stream("stderr").isatty() or os.environ.get("CXRPROBE_PROGRESS"))
+        disable = not (sys.stderr.isatty() or os.environ.get("CXRPROBE_PROGRESS"))
     return tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True, disable=disable)
 
 

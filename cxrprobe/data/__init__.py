@@ -1,1 +1,1 @@
-"""data subpackage."""
+"""Datasets as manifests: the finding vocabulary, label maps, adapters, policies and image decoding."""

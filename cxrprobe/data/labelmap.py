@@ -1,0 +1,288 @@
+"""Label maps as data: each dataset's label, view and split names mapped to canonical ones.
+
+A label map is a JSON file in ``cxrprobe/data/label_maps/`` (or a dict, for the generic adapter):
+
+``labels``
+    source label name → canonical finding id (or a list of ids). Names match case-insensitively
+    with whitespace collapsed. Several source names mapped to one finding combine by a maximum
+    under the order 1 > -1 > 0 > NaN: any positive wins, else any uncertain, else negative, and
+    the finding is missing only when every source is missing.
+``unmapped``
+    ``"error"`` (a source label absent from the map stops the build, naming it) or ``"ignore"``
+    (such labels are counted in the log and dropped; PadChest has ~190 labels, most outside the
+    vocabulary).
+``views`` / ``default_view``
+    raw view names → PA, AP, LATERAL or OTHER; unlisted or missing views get ``default_view``.
+``splits``
+    raw split names → train, val, test, added to the common synonyms (train/training,
+    val/valid/validate/validation/dev, test/testing).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from cxrprobe.data.findings import FINDING_IDS, in_vocabulary_order
+from cxrprobe.data.manifest import SPLITS, VIEWS
+from cxrprobe.errors import ConfigError, DataFormatError, InputFileError
+
+log = logging.getLogger(__name__)
+
+_SPLIT_SYNONYMS = {
+    "train": "train", "training": "train",
+    "val": "val", "valid": "val", "validate": "val", "validation": "val", "dev": "val",
+    "test": "test", "testing": "test",
+}  # fmt: skip
+_KEYS = {"dataset", "about", "merge", "unmapped", "labels", "views", "default_view", "splits"}
+# Rank of each label value when merging: 1 > -1 > 0 > NaN.
+_RANK_VALUES = np.array([np.nan, 0.0, -1.0, 1.0], dtype=np.float32)
+
+
+def key(name: Any) -> str:
+    """The matching key of a source name: whitespace collapsed, case folded."""
+    return " ".join(str(name).split()).casefold()
+
+
+@dataclass(frozen=True)
+class LabelMap:
+    """A dataset's names mapped to canonical findings, views and splits (see module docstring)."""
+
+    source: str
+    labels: Mapping[str, tuple[str, ...]]
+    views: Mapping[str, str] = field(default_factory=dict)
+    default_view: str = "OTHER"
+    splits: Mapping[str, str] = field(default_factory=dict)
+    unmapped: str = "error"
+    names: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], source: str) -> LabelMap:
+        """Build and check a label map from parsed JSON; ``source`` names it in errors."""
+        unknown_keys = sorted(set(data) - _KEYS)
+        if unknown_keys:
+            raise ConfigError(
+                f"{source}: unknown key(s) {', '.join(unknown_keys)}; known: {', '.join(sorted(_KEYS))}"
+            )
+        labels: dict[str, tuple[str, ...]] = {}
+        names: dict[str, str] = {}
+        for name, target in dict(data.get("labels", {})).items():
+            ids = (target,) if isinstance(target, str) else tuple(target)
+            unknown = [t for t in ids if t not in FINDING_IDS]
+            if unknown or not ids:
+                raise ConfigError(
+                    f"{source}: label {name!r} maps to unknown finding(s) {unknown or ids}; use ids "
+                    f"from `cxrprobe datasets --json` ({', '.join(FINDING_IDS)})"
+                )
+            labels[key(name)] = ids
+            names[key(name)] = name
+        views = {key(k).upper(): v for k, v in dict(data.get("views", {})).items()}
+        default_view = data.get("default_view", "OTHER")
+        for raw, view in [*views.items(), ("default_view", default_view)]:
+            if view not in VIEWS:
+                raise ConfigError(f"{source}: view {raw!r} maps to {view!r}; use one of {VIEWS}")
+        splits = {key(k): v for k, v in dict(data.get("splits", {})).items()}
+        for raw, split in splits.items():
+            if split not in SPLITS:
+                raise ConfigError(f"{source}: split {raw!r} maps to {split!r}; use one of {SPLITS}")
+        unmapped = data.get("unmapped", "error")
+        if unmapped not in ("error", "ignore"):
+            raise ConfigError(f"{source}: unmapped must be 'error' or 'ignore', got {unmapped!r}")
+        return cls(source, labels, views, default_view, splits, unmapped, names)
+
+    @property
+    def findings(self) -> list[str]:
+        """Canonical findings this map can produce, in vocabulary order."""
+        return in_vocabulary_order(t for ids in self.labels.values() for t in ids)
+
+    def sources_of(self, finding: str) -> list[str]:
+        """The source names mapped to ``finding`` (as written in the map)."""
+        return [self.names[k] for k, ids in self.labels.items() if finding in ids]
+
+
+def load_label_map(name_or_path: str | Path) -> LabelMap:
+    """A packaged label map by adapter name (``label_maps/NAME.json``) or a JSON file path."""
+    path = Path(name_or_path)
+    if path.suffix == ".json" or path.exists():
+        if not path.is_file():
+            raise InputFileError(f"label map {path} not found")
+        text, source = path.read_text(encoding="utf-8"), str(path)
+    else:
+        packaged = resources.files("cxrprobe.data").joinpath("label_maps", f"{name_or_path}.json")
+        if not packaged.is_file():
+            raise ConfigError(f"no packaged label map named {name_or_path!r}")
+        text, source = packaged.read_text(encoding="utf-8"), f"label_maps/{name_or_path}.json"
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise DataFormatError(f"{source}: not valid JSON ({exc})") from exc
+    return LabelMap.from_dict(data, source)
+
+
+def merge_labels(values: np.ndarray) -> np.ndarray:
+    """Combine label columns (n, k) into one (n,) by the order 1 > -1 > 0 > NaN.
+
+    Examples
+    --------
+    >>> merge_labels(np.array([[0, 1], [0, -1], [np.nan, 0], [np.nan, np.nan]]))
+    array([ 1., -1.,  0., nan], dtype=float32)
+    """
+    values = np.asarray(values, dtype=np.float32)
+    rank = np.select([values == 1, values == -1, values == 0], [3, 2, 1], default=0)
+    return _RANK_VALUES[rank.max(axis=1)]
+
+
+def labels_from_lists(
+    lists: pd.Series,
+    label_map: LabelMap,
+    source: str,
+    vocabulary: Iterable[str] | None = None,
+) -> pd.DataFrame:
+    """Finding columns from one list of positive label names per row.
+
+    Each row's findings are 1 if any listed name maps to them, else 0; a row whose entry is not a
+    list (NaN) is not annotated (all NaN). ``vocabulary`` names the source labels the table
+    annotates (default: every name in the map); only their findings become columns.
+    """
+    names = label_map.labels if vocabulary is None else {key(v) for v in vocabulary}
+    findings = in_vocabulary_order(t for n in names for t in label_map.labels.get(n, ()))
+    out = np.zeros((len(lists), len(findings)), dtype=np.float32)
+    annotated = lists.map(lambda v: isinstance(v, (list, tuple))).to_numpy(dtype=bool)
+    out[~annotated] = np.nan
+    exploded = lists[annotated].reset_index(drop=True).explode()
+    exploded = exploded[exploded.notna()]
+    keys = exploded.map(key)
+    _check_unmapped(exploded, keys, label_map, source, rows=np.flatnonzero(annotated))
+    column = {f: j for j, f in enumerate(findings)}
+    rows_of = np.flatnonzero(annotated)
+    pairs = [
+        (rows_of[i], column[t])
+        for i, name in zip(keys.index, keys, strict=True)
+        if name in names
+        for t in label_map.labels.get(name, ())
+    ]
+    if pairs:
+        r, c = np.array(pairs).T
+        out[r, c] = 1.0
+    return pd.DataFrame(out, columns=findings, index=lists.index)
+
+
+def _check_unmapped(
+    names: pd.Series, keys: pd.Series, label_map: LabelMap, source: str, rows: np.ndarray
+) -> None:
+    unknown = names[~keys.isin(label_map.labels.keys())]
+    if unknown.empty:
+        return
+    if label_map.unmapped == "error":
+        raise DataFormatError(
+            f"{source}: row {rows[unknown.index[0]]}: label {unknown.iloc[0]!r} is not in "
+            f"{label_map.source}; add it there, mapped to a canonical finding id"
+        )
+    log.info(
+        "%s: %d label mentions outside the vocabulary ignored (most common: %s)",
+        source,
+        len(unknown),
+        ", ".join(unknown.value_counts().index[:5]),
+    )
+
+
+def labels_from_columns(
+    table: pd.DataFrame,
+    label_map: LabelMap,
+    source: str,
+    values: Mapping[str, float] | None = None,
+) -> pd.DataFrame:
+    """Finding columns from a wide table with one column per source label (1/0/-1/blank).
+
+    Columns match the map case-insensitively; several columns mapped to one finding merge by
+    ``merge_labels``. ``values`` recodes strings (e.g. ``{"yes": 1, "no": 0}``) before checking.
+    """
+    by_finding: dict[str, list[str]] = {}
+    for column in table.columns:
+        for finding in label_map.labels.get(key(column), ()):
+            by_finding.setdefault(finding, []).append(column)
+    if not by_finding:
+        raise DataFormatError(
+            f"{source}: no label columns found; expected some of "
+            f"{', '.join(sorted(label_map.names.values()))} (see {label_map.source})"
+        )
+    parsed = {c: _label_values(table[c], source, values) for cs in by_finding.values() for c in cs}
+    findings = in_vocabulary_order(by_finding)
+    merged = {
+        f: merge_labels(np.column_stack([parsed[c] for c in by_finding[f]])) for f in findings
+    }
+    return pd.DataFrame(merged, columns=findings, index=table.index)
+
+
+def _label_values(column: pd.Series, source: str, values: Mapping[str, float] | None) -> np.ndarray:
+    if not pd.api.types.is_numeric_dtype(column):
+        codes = {key(k): v for k, v in (values or {}).items()}
+        column = column.map(
+            lambda v: (codes.get(key(v), v) if v.strip() else np.nan) if isinstance(v, str) else v
+        )
+    numbers = pd.to_numeric(column, errors="coerce").to_numpy(dtype=np.float32)
+    unparsed = column.notna().to_numpy() & np.isnan(numbers)
+    bad = np.flatnonzero(unparsed | ~(np.isnan(numbers) | np.isin(numbers, (1.0, 0.0, -1.0))))
+    if bad.size:
+        raise DataFormatError(
+            f"{source}: row {bad[0]}, column {column.name!r}: value {_plain(column.iloc[bad[0]])!r} is not "
+            "1, 0, -1 or blank (recode it with a 'values' map)"
+        )
+    return numbers
+
+
+def _map_distinct(raw: pd.Series, convert: Any) -> pd.Series:
+    """``convert`` applied once per distinct value (missing values are passed as None)."""
+    table = {v: convert(v) for v in raw.dropna().unique()}
+    return pd.Series(
+        [convert(None) if v is None or v != v else table[v] for v in raw.to_numpy(dtype=object)],
+        index=raw.index,
+        dtype=object,
+    )
+
+
+def _plain(value: Any) -> Any:
+    """A numpy scalar as the Python value, for messages."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def map_views(raw: pd.Series, label_map: LabelMap) -> pd.Series:
+    """Raw view names → PA/AP/LATERAL/OTHER; canonical names pass through, others get the default."""
+    canonical = {v: v for v in VIEWS} | dict(label_map.views)
+    return _map_distinct(
+        raw,
+        lambda v: (
+            canonical.get(key(v).upper(), label_map.default_view)
+            if v is not None
+            else label_map.default_view
+        ),
+    )
+
+
+def map_splits(raw: pd.Series, label_map: LabelMap, source: str) -> pd.Series:
+    """Raw split names → train/val/test (missing stays None); unknown names raise DataFormatError."""
+    table = _SPLIT_SYNONYMS | dict(label_map.splits)
+    mapped = _map_distinct(
+        raw, lambda v: None if v is None or not str(v).strip() else table.get(key(v), "?")
+    )
+    bad = np.flatnonzero((mapped == "?").to_numpy())
+    if bad.size:
+        raise DataFormatError(
+            f"{source}: row {bad[0]}: split {raw.iloc[bad[0]]!r} is not a known split name; use "
+            f"train/val/test or add it to the map's 'splits'"
+        )
+    return mapped
+
+
+def normalize_sex(raw: pd.Series) -> pd.Series:
+    """Sex as 'M', 'F' or None (Male/Female/M/F in any case; anything else is unknown)."""
+    sexes = {"m": "M", "male": "M", "f": "F", "female": "F"}
+    return _map_distinct(raw, lambda v: None if v is None else sexes.get(key(v)))

@@ -1,0 +1,212 @@
+"""The manifest: the one table (one row per image) every later stage reads.
+
+Columns are ``BASE_COLUMNS`` then one float column per canonical finding (``findings.FINDING_IDS``)
+the dataset annotates, valued 1.0 (positive), 0.0 (negative), -1.0 (uncertain) or NaN (not
+annotated). ``label_matrix`` masks uncertain labels (-1 → NaN) so every consumer ignores them
+unless a policy turned them into 0 or 1 first. Written as Parquet; CSV is accepted on input.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from cxrprobe.data.findings import FINDING_IDS, in_vocabulary_order
+from cxrprobe.errors import ConfigError, DataFormatError, InputFileError
+
+BASE_COLUMNS = ("image_id", "path", "patient_id", "study_id", "view", "split", "sex", "age")
+VIEWS = ("PA", "AP", "LATERAL", "OTHER")
+SPLITS = ("train", "val", "test")
+LABEL_VALUES = (1.0, 0.0, -1.0)
+_REQUIRED_STRINGS = ("image_id", "path", "patient_id")
+_STRING_COLUMNS = ("image_id", "path", "patient_id", "study_id", "view", "split", "sex")
+
+
+def _as_strings(values: pd.Series) -> pd.Series:
+    """Strings as an object column, missing values (NaN, None, '') as None."""
+    missing = values.isna()
+    out = values.astype(str).astype(object)
+    out[missing | (out == "")] = None
+    return out
+
+
+def normalize_manifest(df: pd.DataFrame) -> pd.DataFrame:
+    """Canonical column order and dtypes: base columns, findings in vocabulary order, extras.
+
+    Missing optional base columns are added empty; string columns hold ``str`` or None, ``age`` is
+    float64 and finding columns float32. The index is reset.
+    """
+    out = pd.DataFrame(index=pd.RangeIndex(len(df)))
+    for name in BASE_COLUMNS:
+        column = df[name].reset_index(drop=True) if name in df else pd.Series([None] * len(df))
+        if name == "age":
+            out[name] = pd.to_numeric(column, errors="coerce").astype("float64")
+        else:
+            out[name] = _as_strings(column)
+    findings = in_vocabulary_order(df.columns)
+    for name in findings:
+        out[name] = pd.to_numeric(df[name], errors="coerce").to_numpy(dtype=np.float32)
+    extras = sorted(c for c in df.columns if c not in out.columns)
+    for name in extras:
+        out[name] = df[name].reset_index(drop=True)
+    return out
+
+
+def validate_manifest(df: pd.DataFrame, source: str = "manifest") -> None:
+    """Raise DataFormatError naming ``source``, the row and the column of the first problem.
+
+    Checks: base columns present, required ids non-empty, unique ``image_id``, ``view`` and
+    ``split`` in their canonical sets, finding values in {1, 0, -1, NaN}. Rows are 0-based.
+    """
+    missing = [c for c in BASE_COLUMNS if c not in df.columns]
+    if missing:
+        raise DataFormatError(
+            f"{source}: missing column(s) {', '.join(missing)}; a manifest needs "
+            f"{', '.join(BASE_COLUMNS)} (build one with `cxrprobe manifest`)"
+        )
+    for name in _REQUIRED_STRINGS:
+        empty = np.flatnonzero(df[name].isna().to_numpy() | (df[name].astype(str) == "").to_numpy())
+        if empty.size:
+            raise DataFormatError(
+                f"{source}: row {empty[0]}, column {name}: empty; every row needs one"
+            )
+    duplicated = np.flatnonzero(df["image_id"].duplicated(keep=False).to_numpy())
+    if duplicated.size:
+        row = duplicated[0]
+        raise DataFormatError(
+            f"{source}: row {row}, column image_id: {df['image_id'].iloc[row]!r} appears "
+            f"{duplicated.size} times among rows {duplicated[:5].tolist()}; ids must be unique"
+        )
+    _check_allowed(df, "view", VIEWS, source)
+    _check_allowed(df, "split", SPLITS, source)
+    for name in in_vocabulary_order(df.columns):
+        values = pd.to_numeric(df[name], errors="coerce").to_numpy(dtype=np.float64)
+        unparsed = df[name].notna().to_numpy() & np.isnan(values)
+        bad = np.flatnonzero(unparsed | ~(np.isnan(values) | np.isin(values, LABEL_VALUES)))
+        if bad.size:
+            raise DataFormatError(
+                f"{source}: row {bad[0]}, column {name}: value {_plain(df[name].iloc[bad[0]])!r} is not "
+                "1, 0, -1 or empty"
+            )
+
+
+def _plain(value: object) -> object:
+    """A numpy scalar as the Python value, for messages."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _check_allowed(df: pd.DataFrame, column: str, allowed: Sequence[str], source: str) -> None:
+    values = df[column]
+    bad = np.flatnonzero((values.notna() & (values != "") & ~values.isin(allowed)).to_numpy())
+    if bad.size:
+        raise DataFormatError(
+            f"{source}: row {bad[0]}, column {column}: {values.iloc[bad[0]]!r} is not one of "
+            f"{', '.join(allowed)} (or empty)"
+        )
+
+
+def read_manifest(path: str | os.PathLike) -> pd.DataFrame:
+    """Read and validate a manifest from Parquet or CSV (``.csv``/``.csv.gz``), normalised."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputFileError(f"manifest {path} not found; build one with `cxrprobe manifest`")
+    name = path.name.lower()
+    try:
+        if name.endswith((".csv", ".csv.gz")):
+            df = pd.read_csv(
+                path, dtype={c: str for c in _STRING_COLUMNS}, keep_default_na=False, na_values=[""]
+            )
+        else:
+            df = pd.read_parquet(path)
+    except (OSError, ValueError) as exc:
+        raise DataFormatError(
+            f"{path}: cannot read as {'CSV' if '.csv' in name else 'Parquet'} ({exc})"
+        ) from exc
+    validate_manifest(df, str(path))
+    return normalize_manifest(df)
+
+
+def write_manifest(df: pd.DataFrame, path: str | os.PathLike) -> Path:
+    """Validate, normalise and write a manifest as Parquet atomically (temp file + os.replace)."""
+    path = Path(path)
+    validate_manifest(df, str(path))
+    df = normalize_manifest(df)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        df.to_parquet(tmp, index=False)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def finding_columns(df: pd.DataFrame) -> list[str]:
+    """The canonical finding columns present in ``df``, in vocabulary order."""
+    return in_vocabulary_order(df.columns)
+
+
+def label_matrix(df: pd.DataFrame, findings: Sequence[str] | None = None) -> np.ndarray:
+    """Labels as a float32 (n, L) array: 1, 0 or NaN; uncertain (-1) is masked to NaN.
+
+    ``findings`` picks and orders the columns (default: ``finding_columns(df)``); a finding the
+    manifest lacks raises ConfigError rather than silently giving an all-NaN column.
+    """
+    names = finding_columns(df) if findings is None else list(findings)
+    absent = [f for f in names if f not in df.columns]
+    if absent:
+        raise ConfigError(
+            f"finding(s) {', '.join(absent)} not in the manifest; it has {', '.join(finding_columns(df))}"
+        )
+    if not names:
+        return np.empty((len(df), 0), dtype=np.float32)
+    labels = df[names].to_numpy(dtype=np.float32, na_value=np.nan)
+    return np.where(labels == -1.0, np.float32(np.nan), labels)
+
+
+def manifest_hash(df: pd.DataFrame) -> str:
+    """Hex sha256 of the normalised content (column names, row order, values).
+
+    Independent of how the manifest was saved: a DataFrame, its Parquet and its CSV round trip hash
+    the same.
+    """
+    df = normalize_manifest(df)
+    digest = hashlib.sha256()
+    for name in df.columns:
+        digest.update(f"\x1e{name}\x1f".encode())
+        column = df[name]
+        if name == "age" or name in FINDING_IDS:
+            values = column.to_numpy(dtype=np.float64, na_value=np.nan)
+            values = np.where(np.isnan(values), np.nan, values + 0.0)  # one NaN, no -0.0
+            digest.update(values.astype("<f8").tobytes())
+        else:
+            text = "\x1f".join(
+                "\x00" if v is None or v is pd.NA or v != v else str(v) for v in column
+            )
+            digest.update(text.encode("utf-8"))
+    return digest.hexdigest()
+
+
+def prevalence(df: pd.DataFrame) -> pd.DataFrame:
+    """Per split (then ``all``): images, patients and positives per finding.
+
+    Rows are ``train``, ``val``, ``test`` (those present), ``unassigned`` when some rows have no
+    split, and ``all``; columns ``n_images``, ``n_patients`` then one positive count per finding.
+    """
+    findings = finding_columns(df)
+    split = df["split"].fillna("unassigned")
+    groups = [s for s in (*SPLITS, "unassigned") if (split == s).any()]
+    rows = {}
+    for name, part in [*((s, df[split == s]) for s in groups), ("all", df)]:
+        counts = {"n_images": len(part), "n_patients": part["patient_id"].nunique()}
+        counts.update({f: int((part[f] == 1).sum()) for f in findings})
+        rows[name] = counts
+    return pd.DataFrame.from_dict(rows, orient="index")

@@ -1,0 +1,98 @@
+"""Patient-level splits: seeded random splits and official splits with validation carved out.
+
+Patients are ordered by ``sha256(seed, patient_id)`` and the first ``round(test_frac * n)`` go to
+test, the next ``round(val_frac * n)`` to val, the rest to train. The order of one patient does
+not depend on the others, so the split is deterministic given the seed, independent of row order,
+and barely moves when patients are added or removed; no patient is ever in two splits.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+
+import numpy as np
+import pandas as pd
+
+from cxrprobe.data.manifest import SPLITS
+from cxrprobe.errors import ConfigError, DataFormatError
+
+log = logging.getLogger(__name__)
+
+
+def check_fractions(val_frac: float, test_frac: float) -> None:
+    """ConfigError unless 0 <= val_frac, test_frac and val_frac + test_frac < 1."""
+    if not (0 <= val_frac < 1 and 0 <= test_frac < 1 and val_frac + test_frac < 1):
+        raise ConfigError(
+            f"--val-frac {val_frac} and --test-frac {test_frac} must each be in [0, 1) and sum "
+            "to less than 1"
+        )
+
+
+def patient_order(patients: np.ndarray, seed: int) -> np.ndarray:
+    """The patients sorted by their seeded hash: a permutation fixed by ``seed`` alone."""
+    ordered = sorted(patients, key=lambda p: hashlib.sha256(f"{seed}\x1f{p}".encode()).digest())
+    return np.array(ordered, dtype=object)
+
+
+def _count(frac: float, n: int) -> int:
+    """Patients a fraction asks for: rounded, at least one when the fraction is positive."""
+    return 0 if frac == 0 else max(1, round(frac * n))
+
+
+def random_split(patient_id: pd.Series, val_frac: float, test_frac: float, seed: int) -> pd.Series:
+    """A seeded patient-level train/val/test assignment per row."""
+    check_fractions(val_frac, test_frac)
+    order = patient_order(pd.unique(patient_id.to_numpy(dtype=str)), seed)
+    n_test, n_val = _count(test_frac, len(order)), _count(val_frac, len(order))
+    if n_test + n_val >= len(order):
+        raise ConfigError(
+            f"{len(order)} patients are too few for --val-frac {val_frac} and --test-frac "
+            f"{test_frac}: the train split would be empty"
+        )
+    split_of = dict.fromkeys(order[:n_test], "test")
+    split_of.update(dict.fromkeys(order[n_test : n_test + n_val], "val"))
+    return patient_id.astype(str).map(lambda p: split_of.get(p, "train")).astype(object)
+
+
+def official_split(
+    split: pd.Series, patient_id: pd.Series, val_frac: float, seed: int, hint: str = ""
+) -> pd.Series:
+    """Keep the dataset's own split; carve val out of its train patients when it has no val.
+
+    Raises ConfigError when no row has an official split (``hint`` says where the dataset keeps
+    it) and DataFormatError when only some rows do.
+    """
+    check_fractions(val_frac, 0.0)
+    missing = split.isna().to_numpy()
+    if missing.all():
+        where = f" ({hint})" if hint else ""
+        raise ConfigError(
+            f"--split official: these tables carry no official split{where}; use --split random"
+        )
+    if missing.any():
+        row = int(np.flatnonzero(missing)[0])
+        raise DataFormatError(
+            f"--split official: {int(missing.sum())} of {len(split)} rows have no official split "
+            f"(first: row {row}, patient {patient_id.iloc[row]!r}); use --split random"
+        )
+    split = split.astype(object).copy()
+    train = (split == "train").to_numpy()
+    if val_frac > 0 and not (split == "val").any() and train.any():
+        patients = pd.unique(patient_id[train].to_numpy(dtype=str))
+        order = patient_order(patients, seed)
+        val_patients = set(order[: _count(val_frac, len(order))]) if len(order) > 1 else set()
+        split[train & patient_id.astype(str).isin(val_patients).to_numpy()] = "val"
+    for name in SPLITS:
+        if not (split == name).any():
+            log.warning(
+                "--split official: the %s split is empty (its table is not in the root)", name
+            )
+    return split
+
+
+def patients_in_several_splits(df: pd.DataFrame) -> list[str]:
+    """Patient ids that appear in more than one split (rows without a split are ignored)."""
+    assigned = df[df["split"].notna()]
+    counts = assigned.groupby("patient_id")["split"].nunique()
+    return counts.index[counts > 1].astype(str).tolist()

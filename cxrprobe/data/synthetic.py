@@ -1,0 +1,367 @@
+"""Synthetic chest radiographs with planted findings, and a labelled dataset of them.
+
+The images are 16-bit grayscale (like PadChest) so they exercise the 16-bit decoding path.
+Findings are planted with a configurable prevalence each: cardiomegaly (a cardiothoracic ratio
+above 0.5), pleural effusion (fluid with a meniscus at a lung base), nodule/mass (a round
+opacity), consolidation (a patchy fuzzy opacity) and pneumothorax (a pleural line with no lung
+markings beyond it). Cardiomegaly and effusion are made clearly visible down to 64 px; the others
+are subtler. Global variation (patient size, positioning, exposure, contrast, noise) keeps any
+single pixel from separating the classes.
+
+Everything is seeded: the same arguments give the same bytes. Each patient and image draws from
+its own seed, so patient ``k`` is the same whatever ``n`` is.
+
+Examples
+--------
+>>> import numpy as np
+>>> image = render_radiograph(np.random.default_rng(0), {"cardiomegaly": True}, size=64)
+>>> image.dtype, image.shape
+(dtype('uint16'), (64, 64))
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from scipy import ndimage
+
+from cxrprobe.data import synthetic_anatomy as anat
+from cxrprobe.data import synthetic_findings as find
+from cxrprobe.errors import ConfigError
+from cxrprobe.provenance import atomic_write_bytes, atomic_write_text
+
+SYNTHETIC_FINDINGS: tuple[str, ...] = (
+    "cardiomegaly",
+    "pleural_effusion",
+    "nodule_mass",
+    "consolidation",
+    "pneumothorax",
+)
+NO_FINDING = "no_finding"
+LABEL_COLUMNS: tuple[str, ...] = (NO_FINDING, *SYNTHETIC_FINDINGS)
+MANIFEST_COLUMNS: tuple[str, ...] = (
+    "image_id",
+    "path",
+    "patient_id",
+    "study_id",
+    "view",
+    "split",
+    "sex",
+    "age",
+    *LABEL_COLUMNS,
+)
+DEFAULT_PREVALENCE: dict[str, float] = {
+    "cardiomegaly": 0.3,
+    "pleural_effusion": 0.3,
+    "nodule_mass": 0.15,
+    "consolidation": 0.15,
+    "pneumothorax": 0.1,
+}
+IMAGE_FORMATS: dict[str, str] = {"png": ".png", "tiff": ".tif"}
+SPLITS: tuple[str, ...] = ("train", "val", "test")
+_IMAGES_PER_PATIENT = (1, 2, 3)
+_IMAGES_PER_PATIENT_P = (0.5, 0.3, 0.2)
+_AP_FRACTION = 0.3
+_MIN_SIZE = 32
+_PER_IMAGE = tuple(name for name in SYNTHETIC_FINDINGS if name != "cardiomegaly")
+_STREAMS = ("anatomy", "pose", "exposure", *_PER_IMAGE)
+
+
+@dataclass(frozen=True)
+class SyntheticImage:
+    """One planned image: identifiers, patient attributes, view and planted findings."""
+
+    image_id: str
+    patient_id: str
+    study_id: str
+    view: str
+    sex: str
+    age: int
+    findings: dict[str, bool]
+    seed: tuple[int, ...]
+    anatomy: anat.PatientAnatomy
+
+    @property
+    def no_finding(self) -> bool:
+        return not any(self.findings.values())
+
+
+def render_radiograph(
+    rng: np.random.Generator,
+    findings: Mapping[str, bool],
+    size: int = 256,
+    view: str = "PA",
+    *,
+    anatomy: anat.PatientAnatomy | None = None,
+) -> np.ndarray:
+    """Draw one frontal chest radiograph with the given findings as a uint16 (size, size) array.
+
+    ``findings`` maps names from :data:`SYNTHETIC_FINDINGS` to booleans (missing = absent).
+    ``anatomy`` fixes the patient's body (from :func:`~cxrprobe.data.synthetic_anatomy.
+    sample_anatomy`); when given, its cardiothoracic ratio decides cardiomegaly and must agree
+    with ``findings``. Everything else (pose, exposure, noise, where findings sit) comes from
+    ``rng``, one independent stream per part: the same ``rng`` state with and without a finding
+    gives the same patient, pose, exposure and noise, so the two images differ by the finding
+    alone.
+    """
+    _check_render_args(findings, size, view)
+    streams = dict(zip(_STREAMS, _split(rng, len(_STREAMS)), strict=True))
+    cardiomegaly = bool(findings.get("cardiomegaly", False))
+    if anatomy is None:
+        anatomy = anat.sample_anatomy(streams["anatomy"], cardiomegaly=cardiomegaly)
+    elif (anatomy.ctr > 0.5) != cardiomegaly:
+        raise ConfigError(
+            f"anatomy has cardiothoracic ratio {anatomy.ctr:.2f} but findings say "
+            f"cardiomegaly={cardiomegaly}; sample the anatomy with cardiomegaly={cardiomegaly}"
+        )
+    pose = anat.sample_pose(streams["pose"], view)
+    planted = {name: streams[name] for name in _PER_IMAGE if findings.get(name)}
+    density = chest_density(anat.make_frame(size, pose), anatomy, pose, planted)
+    return expose(streams["exposure"], density)
+
+
+def chest_density(
+    frame: anat.Frame,
+    anatomy: anat.PatientAnatomy,
+    pose: anat.Pose,
+    planted: Mapping[str, np.random.Generator],
+) -> np.ndarray:
+    """Projected density (float32, brighter = denser) of the chest with the ``planted``
+    findings (name -> the random stream that places it; cardiomegaly lives in ``anatomy``)."""
+    edge = frame.px * 1.5
+    thickness = anat.body_thickness(frame, anatomy)
+    diaphragm = anat.diaphragm_surface(frame, anatomy, pose)
+    mediastinum, heart = anat.mediastinum_and_heart(frame, anatomy, pose, diaphragm)
+    distances = {side: anat.lung_distance(frame, anatomy, pose, side) for side in anat.SIDES}
+    lungs = {side: anat.soft_inside(d, edge) for side, d in distances.items()}
+    half_width = anat.lung_geometry(anatomy, 1)[1]
+    air = sum(lungs[s] * anat.lung_air(distances[s], half_width) for s in anat.SIDES)
+    markings = anat.lung_markings(frame, anatomy)
+    extra = np.zeros_like(frame.u)
+
+    if "pleural_effusion" in planted:
+        fluid = find.effusion_fluid(planted["pleural_effusion"], frame, anatomy, pose, lungs)
+        air *= 1.0 - fluid
+        extra += 0.15 * fluid
+    if "pneumothorax" in planted:
+        rim, line = find.pneumothorax(planted["pneumothorax"], frame, anatomy, pose, lungs)
+        markings *= 1.0 - rim
+        extra += 0.22 * line - 0.08 * rim
+    if "nodule_mass" in planted:
+        extra += find.nodule(planted["nodule_mass"], frame, anatomy, pose)
+    if "consolidation" in planted:
+        extra += find.consolidation(planted["consolidation"], frame, anatomy, pose, lungs)
+
+    air *= (1.0 - 0.85 * heart) * (1.0 - mediastinum)
+    above = anat.soft_inside(frame.v - diaphragm, 0.08)
+    bones = anatomy.bone_density * (
+        0.17 * anat.ribs(frame, anatomy) * (0.35 + 0.65 * above)
+        + 0.35 * anat.clavicles(frame, pose)
+        + 0.15 * anat.spine(frame)
+    )
+    soft = 0.85 * thickness
+    if anatomy.sex == "F":
+        soft += 0.1 * anat.breasts(frame, anatomy)
+    return (
+        soft
+        + 0.15 * np.maximum(heart, mediastinum)
+        - 0.7 * air * thickness
+        + 0.35 * markings * air
+        - (0.4 * anat.trachea(frame) + 0.25 * anat.gastric_bubble(frame, anatomy, pose)) * thickness
+        + (bones + extra) * (thickness > 0.05)
+    )
+
+
+def expose(rng: np.random.Generator, density: np.ndarray) -> np.ndarray:
+    """Turn density into a 16-bit film: random exposure, contrast, heel effect, blur, noise."""
+    size = density.shape[0]
+    intensity = 1.0 - np.exp(-rng.uniform(1.3, 1.8) * np.maximum(density, 0.0))
+    intensity **= rng.uniform(0.85, 1.2)
+    heel = 1.0 + rng.uniform(-0.06, 0.06) * np.linspace(-1.0, 1.0, size, dtype=np.float32)
+    intensity *= heel[:, None] if rng.random() < 0.5 else heel[None, :]
+    intensity = ndimage.gaussian_filter(intensity, rng.uniform(0.5, 1.0) * size / 256)
+    noise = rng.standard_normal(intensity.shape, dtype=np.float32)
+    intensity += rng.uniform(0.01, 0.03) * noise * np.sqrt(intensity + 0.02)
+    low, high = rng.uniform(0, 3000), rng.uniform(30000, 65535)
+    film = low + np.clip(intensity, 0.0, 1.0) * (high - low)
+    return np.rint(film).astype(np.uint16)
+
+
+def plan_dataset(
+    n: int, seed: int = 0, prevalence: Mapping[str, float] | None = None
+) -> list[SyntheticImage]:
+    """The ``n`` images of a synthetic dataset: patients with 1-3 images each, views, findings.
+
+    Sex, age and body (including cardiomegaly, a chronic finding) are per patient; the other
+    findings and the view are drawn per image, each finding independently with its prevalence.
+    """
+    rates = _check_prevalence(prevalence)
+    images: list[SyntheticImage] = []
+    patient = 0
+    while len(images) < n:
+        patient += 1
+        rng = np.random.default_rng([seed, 0, patient])
+        count = min(int(rng.choice(_IMAGES_PER_PATIENT, p=_IMAGES_PER_PATIENT_P)), n - len(images))
+        body = anat.sample_anatomy(rng, cardiomegaly=rng.random() < rates["cardiomegaly"])
+        for study in range(1, count + 1):
+            findings = {name: bool(rng.random() < rates[name]) for name in _PER_IMAGE}
+            findings["cardiomegaly"] = body.ctr > 0.5
+            images.append(
+                SyntheticImage(
+                    image_id=f"syn_{len(images) + 1:06d}",
+                    patient_id=f"synp_{patient:05d}",
+                    study_id=f"synp_{patient:05d}_s{study}",
+                    view="AP" if rng.random() < _AP_FRACTION else "PA",
+                    sex=body.sex,
+                    age=body.age,
+                    findings=findings,
+                    seed=(seed, 1, patient, study),
+                    anatomy=body,
+                )
+            )
+    return images
+
+
+def assign_splits(
+    patient_ids: Sequence[str], fractions: Sequence[float] | Mapping[str, float], seed: int = 0
+) -> dict[str, str]:
+    """Seeded patient-level split: each distinct patient goes to exactly one of train/val/test."""
+    shares = _check_split(fractions)
+    patients = np.array(sorted(set(patient_ids)))
+    order = np.random.default_rng([seed, 2]).permutation(len(patients))
+    cuts = np.rint(np.cumsum(shares)[:-1] * len(patients)).astype(int)
+    return {
+        str(patients[i]): name
+        for name, part in zip(SPLITS, np.split(order, cuts), strict=True)
+        for i in part
+    }
+
+
+def generate_dataset(
+    out_dir: str | os.PathLike,
+    n: int = 600,
+    size: int = 256,
+    seed: int = 0,
+    prevalence: Mapping[str, float] | None = None,
+    image_format: str = "png",
+    split: Sequence[float] | Mapping[str, float] | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> Path:
+    """Write ``n`` synthetic radiographs and their labels; return the path of ``labels.csv``.
+
+    Images go to ``out_dir/images/<image_id>.png`` (16-bit grayscale; ``image_format="tiff"``
+    writes ``.tif``). ``labels.csv`` has the manifest's columns: ``image_id, path, patient_id,
+    study_id, view, split, sex, age`` then ``no_finding`` and one 1.0/0.0 column per finding,
+    with ``path`` relative to ``out_dir``. ``split`` is empty when ``split`` is None, otherwise
+    fractions (train, val, test) assigned per patient. Every file is written atomically (a
+    temporary file then a rename) and the CSV last, so an interrupted run leaves no half files
+    and no labels pointing at missing images. ``progress`` is called with 1 after each image.
+    """
+    if n < 1:
+        raise ConfigError(f"n={n}: the number of images must be at least 1")
+    if image_format not in IMAGE_FORMATS:
+        raise ConfigError(
+            f"image_format={image_format!r} is not supported; use one of {sorted(IMAGE_FORMATS)}"
+        )
+    _check_render_args({}, size, "PA")
+    out_dir = Path(out_dir)
+    plan = plan_dataset(n, seed, prevalence)
+    splits = assign_splits([im.patient_id for im in plan], split, seed) if split is not None else {}
+    rows = []
+    for image in plan:
+        pixels = render_radiograph(
+            np.random.default_rng(list(image.seed)),
+            image.findings,
+            size,
+            image.view,
+            anatomy=image.anatomy,
+        )
+        relative = f"images/{image.image_id}{IMAGE_FORMATS[image_format]}"
+        atomic_write_bytes(out_dir / relative, encode_image(pixels, image_format))
+        rows.append(_manifest_row(image, relative, splits.get(image.patient_id, "")))
+        if progress is not None:
+            progress(1)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(MANIFEST_COLUMNS)
+    writer.writerows(rows)
+    return atomic_write_text(out_dir / "labels.csv", buffer.getvalue())
+
+
+def encode_image(pixels: np.ndarray, image_format: str = "png") -> bytes:
+    """Encode a uint16 (H, W) array as a 16-bit grayscale PNG or TIFF that reads back exactly."""
+    buffer = io.BytesIO()
+    options = {"compress_level": 1} if image_format == "png" else {}
+    Image.fromarray(pixels).save(buffer, format=image_format.upper(), **options)
+    return buffer.getvalue()
+
+
+def _manifest_row(image: SyntheticImage, relative: str, split: str) -> list[object]:
+    labels = [image.no_finding] + [image.findings[name] for name in SYNTHETIC_FINDINGS]
+    return [
+        image.image_id,
+        relative,
+        image.patient_id,
+        image.study_id,
+        image.view,
+        split,
+        image.sex,
+        image.age,
+        *(f"{float(v):.1f}" for v in labels),
+    ]
+
+
+def _split(rng: np.random.Generator, count: int) -> list[np.random.Generator]:
+    """Independent child generators drawn from ``rng`` (same state, same children)."""
+    return [np.random.default_rng(seed) for seed in rng.integers(0, 2**63, size=count)]
+
+
+def _check_render_args(findings: Mapping[str, bool], size: int, view: str) -> None:
+    unknown = sorted(set(findings) - set(SYNTHETIC_FINDINGS))
+    if unknown:
+        raise ConfigError(
+            f"unknown synthetic finding(s) {unknown}; use names from {list(SYNTHETIC_FINDINGS)}"
+        )
+    if view not in anat.VIEWS:
+        raise ConfigError(f"view={view!r} is not supported; use one of {list(anat.VIEWS)}")
+    if size < _MIN_SIZE:
+        raise ConfigError(f"size={size} is too small; use at least {_MIN_SIZE} pixels")
+
+
+def _check_prevalence(prevalence: Mapping[str, float] | None) -> dict[str, float]:
+    rates = dict(DEFAULT_PREVALENCE)
+    if prevalence is None:
+        return rates
+    unknown = sorted(set(prevalence) - set(SYNTHETIC_FINDINGS))
+    if unknown:
+        raise ConfigError(
+            f"prevalence names unknown finding(s) {unknown}; use names from "
+            f"{list(SYNTHETIC_FINDINGS)}"
+        )
+    for name, rate in prevalence.items():
+        if not 0.0 <= float(rate) <= 1.0:
+            raise ConfigError(f"prevalence[{name!r}]={rate} must be between 0 and 1")
+        rates[name] = float(rate)
+    return rates
+
+
+def _check_split(fractions: Sequence[float] | Mapping[str, float]) -> np.ndarray:
+    if isinstance(fractions, Mapping):
+        unknown = sorted(set(fractions) - set(SPLITS))
+        if unknown:
+            raise ConfigError(f"split names unknown part(s) {unknown}; use {list(SPLITS)}")
+        fractions = [float(fractions.get(name, 0.0)) for name in SPLITS]
+    shares = np.asarray(fractions, dtype=float)
+    if shares.shape != (3,) or (shares < 0).any() or not np.isclose(shares.sum(), 1.0):
+        raise ConfigError(
+            f"split={list(fractions)} must be three non-negative fractions (train, val, test) "
+            "that sum to 1, e.g. (0.7, 0.15, 0.15)"
+        )
+    return shares
