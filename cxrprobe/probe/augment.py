@@ -1,0 +1,77 @@
+"""Batch augmentations for fine-tuning, run on the batch's device: horizontal flip and rotation.
+
+The study's recipe: a random horizontal flip (p = 0.5) and a random rotation of up to ±7°. Both act
+on whole normalised batches ``(B, C, S, S)`` on the GPU (or CPU), so the data loader only moves
+uint8 pixels. Random draws come from an explicit CPU ``torch.Generator`` whose state is saved in
+checkpoints, so a resumed run draws exactly what the uninterrupted run would have drawn.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+
+def hflip(images: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mirror left-right the images of ``images`` (B, C, H, W) where ``mask`` (B,) bool is True."""
+    if images.shape[0] == 0:
+        return images
+    flipped = images.flip(-1)
+    return torch.where(mask.to(images.device).view(-1, 1, 1, 1), flipped, images)
+
+
+def rotate(
+    images: torch.Tensor, degrees: torch.Tensor, fill: float | Sequence[float] | torch.Tensor = 0.0
+) -> torch.Tensor:
+    """Rotate each image of ``images`` (B, C, H, W) counter-clockwise by ``degrees`` (B,).
+
+    Bilinear resampling about the image centre; pixels rotated in from outside the image take
+    ``fill`` (a scalar or one value per channel, in the images' units: the normalised value of a
+    black pixel keeps the border black). An angle of 0 returns the input unchanged.
+    """
+    if images.shape[0] == 0:
+        return images
+    batch, channels, height, width = images.shape
+    radians = degrees.to(device=images.device, dtype=torch.float32) * (math.pi / 180.0)
+    cos, sin = torch.cos(radians), torch.sin(radians)
+    # affine_grid maps output to input coordinates in [-1, 1]; correct for non-square aspect.
+    aspect = width / height
+    theta = torch.zeros(batch, 2, 3, device=images.device, dtype=torch.float32)
+    theta[:, 0, 0] = cos
+    theta[:, 0, 1] = -sin / aspect
+    theta[:, 1, 0] = sin * aspect
+    theta[:, 1, 1] = cos
+    grid = F.affine_grid(theta, [batch, channels, height, width], align_corners=False)
+    fill_t = torch.as_tensor(fill, device=images.device, dtype=images.dtype).reshape(1, -1, 1, 1)
+    shifted = images - fill_t
+    rotated = F.grid_sample(
+        shifted.float(), grid, mode="bilinear", padding_mode="zeros", align_corners=False
+    ).to(images.dtype)
+    out = rotated + fill_t
+    keep = (degrees == 0).to(images.device).view(-1, 1, 1, 1)
+    return torch.where(keep, images, out)
+
+
+def random_flip_rotate(
+    images: torch.Tensor,
+    generator: torch.Generator,
+    flip_p: float = 0.5,
+    max_degrees: float = 7.0,
+    fill: float | Sequence[float] | torch.Tensor = 0.0,
+) -> torch.Tensor:
+    """The training augmentation: flip with probability ``flip_p``, rotate by U(-max, +max) degrees.
+
+    ``generator`` is a CPU generator; the draws (2 per image) are made there and moved to the
+    images' device, so results do not depend on the device's own random stream.
+    """
+    batch = images.shape[0]
+    flips = torch.rand(batch, generator=generator) < flip_p
+    angles = (torch.rand(batch, generator=generator) * 2.0 - 1.0) * max_degrees
+    if flip_p > 0:
+        images = hflip(images, flips)
+    if max_degrees > 0:
+        images = rotate(images, angles, fill)
+    return images

@@ -1,0 +1,388 @@
+"""One fine-tuning run from start (or a checkpoint) to the test predictions.
+
+:class:`FinetuneRun` plans the batches, builds the :class:`Trainer`, restores a checkpoint when
+resuming, runs the epochs with validation-split model selection and early stopping, and at the
+end scores the validation and test splits with the best weights. Rank 0 writes every file; all
+ranks take part in training, validation and the gathers.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cxrprobe.errors import ConfigError, DataFormatError
+from cxrprobe.probe import finetune_outputs as outputs
+from cxrprobe.probe.checkpoint import load_checkpoint, save_checkpoint
+from cxrprobe.probe.distributed import DistContext, barrier, gather_objects
+from cxrprobe.probe.finetune_data import ImageSource
+from cxrprobe.probe.trainer import Plan, Trainer
+from cxrprobe.provenance import atomic_write_json, write_run_record
+
+logger = logging.getLogger(__name__)
+
+# Settings that may change between an interrupted run and its resumption.
+RESUMABLE_CHANGES = (
+    "stop_after",
+    "num_workers",
+    "compile",
+    "eval_batch_size",
+    "device",
+    "patience",
+)
+
+
+@dataclass
+class RunState:
+    """Progress of a run across invocations (stored in ``last.pt``)."""
+
+    next_epoch: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best_epoch: int | None = None
+    best_val_mean_auroc: float = -math.inf
+    bad_epochs: int = 0
+    finished: bool = False
+    stopped_early: bool = False
+
+
+@dataclass
+class FinetuneResult:
+    """What a run produced (``summary.json`` holds the same summary)."""
+
+    out_dir: Path
+    finished: bool
+    summary: dict[str, Any]
+    history: list[dict[str, Any]]
+
+
+def split_rows(source: ImageSource, config: Any) -> dict[str, np.ndarray]:
+    """Train/val/test row numbers without known failures; training rows need at least one label.
+
+    Raises ``ConfigError`` when a split is empty, or when no finding has both a positive and a
+    negative validation label (checkpoints could not be selected).
+    """
+    meta = source.metadata
+    usable = np.ones(len(meta), dtype=bool)
+    usable[list(source.known_failures)] = False
+    observed = (meta.labels == 0) | (meta.labels == 1)
+    rows = {}
+    for role in ("train", "val", "test"):
+        name = getattr(config, f"{role}_split")
+        chosen = usable & (meta.split == name)
+        if role == "train":
+            chosen &= observed.any(axis=1)
+        rows[role] = np.flatnonzero(chosen)
+        if rows[role].size == 0:
+            raise ConfigError(
+                f"the {role} split ({name!r}) has no usable rows; check the manifest's split column or pass --{role}-split"
+            )
+    val = meta.labels[rows["val"]]
+    if not ((val == 1).any(axis=0) & (val == 0).any(axis=0)).any():
+        raise ConfigError(
+            f"no finding has both positive and negative labels in the validation split ({config.val_split!r}), "
+            "so checkpoints cannot be selected: add validation rows or choose another --val-split"
+        )
+    return rows
+
+
+def make_plan(config: Any, n_train: int, world_size: int, device_type: str) -> Plan:
+    """Micro-batch, steps per epoch and schedule length from the global batch size."""
+    per_step = world_size * config.accum_steps
+    if config.batch_size % per_step:
+        raise ConfigError(
+            f"--batch-size {config.batch_size} is not divisible by processes × --accum-steps "
+            f"({world_size} × {config.accum_steps}); choose a multiple of {per_step}"
+        )
+    micro = config.batch_size // per_step
+    steps = (math.ceil(n_train / world_size) // micro) // config.accum_steps
+    if steps < 1:
+        raise ConfigError(
+            f"the training split has {n_train} usable images, fewer than one batch of {config.batch_size}; lower --batch-size"
+        )
+    precision = config.precision
+    if precision == "auto":
+        precision = "bf16" if device_type == "cuda" else "fp32"
+    return Plan(
+        micro_batch=micro,
+        accum_steps=config.accum_steps,
+        steps_per_epoch=steps,
+        total_steps=steps * config.epochs,
+        warmup_steps=round(config.warmup_epochs * steps),
+        precision=precision,
+    )
+
+
+def check_resumable(saved: dict[str, Any], current: dict[str, Any], checkpoint: Path) -> None:
+    """Refuse to continue a run with other settings or other data, naming what differs."""
+    keys = sorted((set(saved) | set(current)) - set(RESUMABLE_CHANGES))
+    diffs = [
+        f"{k}: {saved.get(k)!r} then, {current.get(k)!r} now"
+        for k in keys
+        if saved.get(k) != current.get(k)
+    ]
+    if diffs:
+        raise ConfigError(
+            f"{checkpoint} was made with other settings ({'; '.join(diffs[:4])}); "
+            "rerun with the original options, or pass --overwrite to start again"
+        )
+
+
+class FinetuneRun:
+    """A run folder being filled: plan, train with validation, then test predictions."""
+
+    def __init__(
+        self,
+        config: Any,
+        source: ImageSource,
+        out_dir: Path,
+        ctx: DistContext,
+        progress: Any = None,
+    ) -> None:
+        self.config, self.source, self.out_dir, self.ctx = config, source, Path(out_dir), ctx
+        self.progress = progress if ctx.is_main else None
+        self.last_path = self.out_dir / "checkpoints" / "last.pt"
+        self.best_path = self.out_dir / "checkpoints" / "best.pt"
+        self.findings = tuple(source.metadata.findings)
+
+    def execute(self, resume: bool, overwrite: bool) -> FinetuneResult:
+        config, ctx = self.config, self.ctx
+        rows = split_rows(self.source, config)
+        plan = make_plan(config, len(rows["train"]), ctx.world_size, ctx.device.type)
+        weights = self._class_weights(rows["train"])
+        self._prepare_folder(resume, overwrite)
+        trainer = Trainer(config, self.source, ctx, plan, rows["train"], weights)
+        identity = {**config.to_dict(), "dataset_fingerprint": self.source.fingerprint()}
+        state = RunState()
+        if resume and self.last_path.is_file():
+            saved = load_checkpoint(self.last_path)
+            check_resumable(saved["identity"], identity, self.last_path)
+            trainer.load_state_dict(saved["trainer"])
+            state = RunState(**saved["run"])
+            logger.info("resuming %s at epoch %d", self.out_dir, state.next_epoch + 1)
+        resolved = self._resolved(plan, trainer, rows, weights)
+        if ctx.is_main:
+            write_run_record(self.out_dir, "cxrprobe finetune", resolved)
+        ran = 0
+        while not state.finished and (config.stop_after is None or ran < config.stop_after):
+            self._epoch(trainer, state, rows, identity)
+            ran += 1
+        if not state.finished:
+            return FinetuneResult(
+                self.out_dir, False, self._summary(state, plan, None, None, {}), state.history
+            )
+        return self._finish(trainer, state, plan, rows, resolved)
+
+    def _class_weights(self, train_rows: np.ndarray) -> np.ndarray:
+        """(L,) ``pos_weight`` on the training split (ones with ``class_weights`` off)."""
+        from cxrprobe.probe.linear import positive_weights
+
+        if not self.config.class_weights:
+            return np.ones(len(self.findings), dtype=np.float32)
+        labels = self.source.metadata.labels[train_rows]
+        one_class = ~(((labels == 1).any(axis=0)) & ((labels == 0).any(axis=0)))
+        if one_class.any():
+            logger.warning(
+                "pos_weight set to 1 for %s: only one class among the training labels",
+                ", ".join(np.asarray(self.findings)[one_class]),
+            )
+        return positive_weights(labels).astype(np.float32)
+
+    def _prepare_folder(self, resume: bool, overwrite: bool) -> None:
+        if overwrite:
+            if self.ctx.is_main:
+                outputs.clear_outputs(self.out_dir)
+            barrier(self.ctx)
+        elif self.last_path.is_file() and not resume:
+            raise ConfigError(
+                f"{self.out_dir} already holds a fine-tuning run; pass --resume to continue it or --overwrite to start again"
+            )
+        if self.ctx.is_main:
+            self.last_path.parent.mkdir(parents=True, exist_ok=True)
+
+    def _resolved(
+        self, plan: Plan, trainer: Trainer, rows: dict[str, np.ndarray], weights: np.ndarray
+    ) -> dict[str, Any]:
+        """The resolved config recorded in ``run.json`` and every predictions file."""
+        return {
+            **self.config.to_dict(),
+            "plan": asdict(plan),
+            "world_size": self.ctx.world_size,
+            "device": str(self.ctx.device),
+            "model": trainer.spec.to_dict(),
+            "dataset": {
+                **self.source.description,
+                "fingerprint": self.source.fingerprint(),
+                "rows": {k: int(v.size) for k, v in rows.items()},
+            },
+            "findings": list(self.findings),
+            "pos_weight": outputs.json_floats(weights, self.findings),
+            "known_failures": len(self.source.known_failures),
+        }
+
+    def _epoch(
+        self,
+        trainer: Trainer,
+        state: RunState,
+        rows: dict[str, np.ndarray],
+        identity: dict[str, Any],
+    ) -> None:
+        """Train one epoch, validate on the validation split, update the best model, checkpoint."""
+        from cxrprobe.stats.auroc import auroc_report
+
+        config, epoch = self.config, state.next_epoch
+        bar = None
+        if self.progress is not None:
+            bar = self.progress(
+                trainer.plan.steps_per_epoch * trainer.plan.accum_steps,
+                f"epoch {epoch + 1}/{config.epochs}",
+            )
+        try:
+            stats = trainer.train_epoch(epoch, bar)
+        finally:
+            if bar is not None:
+                bar.close()
+        if not math.isfinite(stats.loss):
+            raise DataFormatError(
+                f"training diverged: loss {stats.loss} in epoch {epoch + 1}; lower --lr, add --clip-grad or use --precision fp32"
+            )
+        scores = trainer.predict(rows["val"])
+        ok = ~np.isnan(scores).any(axis=1)
+        targets = self.source.metadata.labels[rows["val"]][ok]
+        report = auroc_report(
+            np.where((targets == 0) | (targets == 1), targets, np.nan), scores[ok]
+        )
+        improved = bool(np.isfinite(report.mean) and report.mean > state.best_val_mean_auroc)
+        if improved:
+            state.best_epoch = epoch + 1
+            state.best_val_mean_auroc = report.mean
+            state.bad_epochs = 0
+        else:
+            state.bad_epochs += 1
+        state.history.append(
+            {
+                "epoch": epoch + 1,
+                "train_loss": stats.loss,
+                "val_mean_auroc": outputs.finite_or_none(report.mean),
+                "selection_split": "val",
+                "is_best": improved,
+                "lr": trainer.lr,
+                "images_per_s": stats.images_per_s,
+                "epoch_seconds": stats.seconds,
+                "val_auroc": outputs.json_floats(report.values, self.findings),
+            }
+        )
+        state.next_epoch = epoch + 1
+        state.stopped_early = bool(
+            config.patience
+            and state.bad_epochs >= config.patience
+            and state.next_epoch < config.epochs
+        )
+        state.finished = state.stopped_early or state.next_epoch >= config.epochs
+        checkpoint = trainer.state_dict()  # collective: gathers every rank's random states
+        if self.ctx.is_main:
+            if improved:
+                save_checkpoint(
+                    self.best_path,
+                    {
+                        "model": trainer.model.state_dict(),
+                        "epoch": epoch + 1,
+                        "val_mean_auroc": report.mean,
+                        "selection_split": "val",
+                        "findings": list(self.findings),
+                        "model_spec": trainer.spec.to_dict(),
+                    },
+                )
+            save_checkpoint(
+                self.last_path,
+                {
+                    "trainer": checkpoint,
+                    "run": asdict(state),
+                    "identity": identity,
+                    "data_order": {
+                        "seed": config.seed,
+                        "next_epoch": state.next_epoch,
+                        "world_size": self.ctx.world_size,
+                    },
+                },
+            )
+            outputs.write_log(self.out_dir / "log.csv", state.history, self.findings)
+        logger.info(
+            "epoch %d: train loss %.4f, val mean AUROC %.4f", epoch + 1, stats.loss, report.mean
+        )
+
+    def _finish(
+        self,
+        trainer: Trainer,
+        state: RunState,
+        plan: Plan,
+        rows: dict[str, np.ndarray],
+        resolved: dict[str, Any],
+    ) -> FinetuneResult:
+        """Score val and test with the best weights; rank 0 writes predictions and the summary."""
+        from cxrprobe.stats.auroc import auroc_report
+        from cxrprobe.stats.predictions import write_predictions
+
+        barrier(self.ctx)
+        if state.best_epoch is None:
+            raise DataFormatError(
+                f"no epoch had a defined validation AUROC in {self.out_dir}; check the validation labels"
+            )
+        trainer.model.load_state_dict(load_checkpoint(self.best_path)["model"])
+        val_scores = trainer.predict(rows["val"])
+        test_scores = trainer.predict(rows["test"])
+        failures: dict[int, str] = dict(self.source.known_failures)
+        for part in gather_objects(self.ctx, trainer.failures):
+            failures.update(part)
+        extra = {
+            "best_epoch": state.best_epoch,
+            "selection_split": "val",
+            "val_mean_auroc": state.best_val_mean_auroc,
+        }
+        val_pred = outputs.predictions(
+            self.source,
+            rows["val"],
+            val_scores,
+            outputs.prediction_provenance(resolved, "val", extra),
+        )
+        test_pred = outputs.predictions(
+            self.source,
+            rows["test"],
+            test_scores,
+            outputs.prediction_provenance(resolved, "test", extra),
+        )
+        val_report = auroc_report(val_pred.targets, val_pred.scores)
+        test_report = auroc_report(test_pred.targets, test_pred.scores)
+        summary = self._summary(state, plan, val_report, test_report, failures)
+        if self.ctx.is_main:
+            write_predictions(val_pred, self.out_dir / "val_predictions.json")
+            write_predictions(test_pred, self.out_dir / "predictions.json")
+            atomic_write_json(
+                self.out_dir / "failures.json", outputs.failure_report(self.source, failures)
+            )
+            atomic_write_json(self.out_dir / "summary.json", summary)
+        return FinetuneResult(self.out_dir, True, summary, state.history)
+
+    def _summary(
+        self,
+        state: RunState,
+        plan: Plan,
+        val_report: Any,
+        test_report: Any,
+        failures: dict[int, str],
+    ) -> dict[str, Any]:
+        return outputs.summary(
+            state,
+            self.config,
+            plan,
+            self.ctx.world_size,
+            self.out_dir,
+            self.findings,
+            val_report,
+            test_report,
+            len(failures),
+        )
