@@ -1,3 +1,344 @@
-"""CLI commands: cache (filled in by its issue)."""
+"""CLI commands: cache (``extract`` embeddings, ``info`` on any store, ``export`` to HDF5/npz)."""
 
-COMMANDS: list = []
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import click
+
+from cxrprobe.cli._common import library_errors, progress, record
+
+SHOWN_FAILURES = 5
+FAILURES_FILE = "failures.json"
+
+
+def _is_main_rank() -> bool:
+    return int(os.environ.get("RANK", 0)) == 0
+
+
+def _model_kwargs(value: str | None) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError as exc:
+        raise click.BadParameter(
+            f"not valid JSON ({exc.msg}); e.g. '{{\"depth\": 2}}'", param_hint="--model-kwargs"
+        ) from exc
+    if not isinstance(parsed, dict):
+        raise click.BadParameter(
+            "must be a JSON object, e.g. '{\"depth\": 2}'", param_hint="--model-kwargs"
+        )
+    return parsed
+
+
+@click.command()
+@click.option(
+    "--init",
+    "init",
+    required=True,
+    help="Initialisation: dinov2, dinov2-reg, imagenet, mimic, random, timm:NAME, or a checkpoint file.",
+)
+@click.option(
+    "--weights",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Weights file (safetensors, timm state dict or original DINOv2 .pth); default: the hub's.",
+)
+@click.option(
+    "--images",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Preprocessed image cache (from cxrprobe preprocess): the fast path.",
+)
+@click.option(
+    "--manifest",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Manifest (Parquet or CSV) to read raw image files instead of a cache.",
+)
+@click.option(
+    "--root",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Folder the manifest's relative paths start from (with --manifest).",
+)
+@click.option(
+    "--preset",
+    type=click.Choice(["default", "paper"]),
+    default=None,
+    help="Preprocessing of raw files (with --manifest; default: 'default'), at --size.",
+)
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Output Zarr store, e.g. emb.zarr.",
+)
+@click.option(
+    "--size",
+    "img_size",
+    type=click.IntRange(min=8),
+    default=224,
+    show_default=True,
+    help="Model input size (a multiple of the patch size: 224, 518 for /14, 512 for /16).",
+)
+@click.option(
+    "--layers",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Also store the class token of each of the last N blocks.",
+)
+@click.option(
+    "--dtype",
+    type=click.Choice(["float16", "float32"]),
+    default="float16",
+    show_default=True,
+    help="Storage dtype of the features.",
+)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=128,
+    show_default=True,
+    help="Images per batch.",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=0),
+    default=None,
+    help="DataLoader worker processes (default: up to 8 per GPU, 2 on CPU).",
+)
+@click.option(
+    "--device",
+    default="auto",
+    show_default=True,
+    help="auto, cpu, cuda or cuda:N (torchrun: each rank's GPU).",
+)
+@click.option(
+    "--compile",
+    "compile_",
+    is_flag=True,
+    help="torch.compile the model (faster on GPU after warm-up).",
+)
+@click.option(
+    "--overwrite", is_flag=True, help="Rebuild OUT even if it was made with other settings."
+)
+@click.option(
+    "--arch", default=None, help="timm architecture for --init mimic/random or a checkpoint file."
+)
+@click.option(
+    "--model-kwargs",
+    default=None,
+    help="JSON object of timm model overrides, e.g. '{\"depth\": 2}'.",
+)
+@click.option(
+    "--shard-rows",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Rows per store shard, the resume unit (default: up to 16384, about 64 MB; use a power of two).",
+)
+def extract(
+    init,
+    weights,
+    images,
+    manifest,
+    root,
+    preset,
+    out,
+    img_size,
+    layers,
+    dtype,
+    batch_size,
+    workers,
+    device,
+    compile_,
+    overwrite,
+    arch,
+    model_kwargs,
+    shard_rows,
+) -> None:
+    """Write frozen ViT embeddings of every image (CLS token and patch mean) to a Zarr store.
+
+    Reads the preprocessed image cache (--images) or raw files (--manifest/--root). Rerunning the
+    same command after a kill resumes it; a store made with another model, weights, size or
+    manifest is refused unless --overwrite; rows added at the end of the manifest are appended.
+    Under torchrun each rank takes its own shards. Unreadable images are listed in
+    OUT/failures.json and masked (NaN), never embedded. OUT/run.json records settings and versions.
+
+    Example:
+
+    \b
+        cxrprobe extract --init dinov2 --weights dinov2_vitb14_pretrain.pth --images images.zarr --out emb.zarr
+        torchrun --nproc_per_node 8 --no-python cxrprobe extract --init imagenet --images images.zarr --out emb.zarr
+    """
+    from cxrprobe.cache.extract import describe, extract_embeddings
+    from cxrprobe.data.preprocess import PRESETS
+
+    kwargs = _model_kwargs(model_kwargs)
+    with library_errors():
+        if images is not None and (root is not None or preset is not None):
+            raise click.UsageError(
+                "--root and --preset go with --manifest (raw files), not with --images"
+            )
+        cfg = PRESETS[preset or "default"] if manifest is not None else None
+        with progress(
+            None, "extract", unit="img", disable=None if _is_main_rank() else True
+        ) as bar:
+
+            def tick(n: int, total: int) -> None:
+                if bar.total != total:  # first call: the rows to do are known, start the clock
+                    bar.reset(total=total)
+                bar.update(n)
+
+            summary = extract_embeddings(
+                out,
+                init=init,
+                weights=weights,
+                images=images,
+                manifest=manifest,
+                root=root,
+                preprocess=cfg,
+                img_size=img_size,
+                layers=layers,
+                dtype=dtype,
+                batch_size=batch_size,
+                num_workers=workers,
+                device=device,
+                compile=compile_,
+                overwrite=overwrite,
+                shard_rows=shard_rows,
+                arch=arch,
+                model_kwargs=kwargs,
+                progress=tick,
+            )
+    if not _is_main_rank():
+        return
+    from cxrprobe.provenance import atomic_write_json
+
+    failures = summary["failures"]
+    atomic_write_json(out / FAILURES_FILE, failures)
+    record(
+        out,
+        "extract",
+        {
+            "init": init,
+            "weights": None if weights is None else str(weights),
+            "images": None if images is None else str(images),
+            "manifest": None if manifest is None else str(manifest),
+            "root": None if root is None else str(root),
+            "preset": preset,
+            "out": str(out),
+            "size": img_size,
+            "layers": layers,
+            "dtype": dtype,
+            "batch_size": batch_size,
+            "workers": workers,
+            "device": device,
+            "compile": compile_,
+            "overwrite": overwrite,
+            "arch": arch,
+            "model_kwargs": kwargs,
+            "shard_rows": shard_rows,
+            "result": {
+                **{k: v for k, v in summary.items() if k != "failures"},
+                "failures": len(failures),
+            },
+        },
+    )
+    click.echo(describe(summary))
+    for failure in failures[:SHOWN_FAILURES]:
+        click.echo(
+            f"  failed row {failure['row']} ({failure['image_id']}): {failure['reason']}", err=True
+        )
+    if len(failures) > SHOWN_FAILURES:
+        click.echo(
+            f"  ... and {len(failures) - SHOWN_FAILURES} more (all in {out / FAILURES_FILE})",
+            err=True,
+        )
+
+
+@click.command()
+@click.argument("store", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the full description as JSON.")
+def info(store, as_json) -> None:
+    """Show what a store (embeddings or image cache) holds.
+
+    Kind, rows, arrays with shapes and dtypes, findings, rows per split, failures, whether it is
+    complete, and the provenance (model, weights, input size, versions).
+
+    Example:
+
+    \b
+        cxrprobe info emb.zarr --json
+    """
+    from cxrprobe.cache.info import describe_store, format_description
+
+    with library_errors():
+        description = describe_store(store)
+    if as_json:
+        click.echo(json.dumps(description, indent=2))
+    else:
+        click.echo(format_description(description))
+
+
+@click.command()
+@click.argument("store", type=click.Path(path_type=Path))
+@click.option(
+    "--h5",
+    "h5",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Write an HDF5 file.",
+)
+@click.option(
+    "--npz",
+    "npz",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Write an uncompressed NumPy .npz (the whole store passes through memory).",
+)
+def export(store, h5, npz) -> None:
+    """Export an embedding store to HDF5 or .npz (float32 features, ids, labels, provenance).
+
+    HDF5 holds features/cls, features/mean (and features/layers), ids, split and patient_id as
+    UTF-8 strings, labels as int8 (-128 = not annotated), failed, and provenance as JSON
+    attributes. OUT.run.json records the command.
+
+    Example:
+
+    \b
+        cxrprobe export emb.zarr --h5 emb.h5
+    """
+    from cxrprobe.cache.embeddings import open_embeddings
+    from cxrprobe.cache.export import export_h5, export_npz
+    from cxrprobe.provenance import atomic_write_json, run_record
+
+    if (h5 is None) == (npz is None):
+        raise click.UsageError("give exactly one of --h5 OUT.h5 or --npz OUT.npz")
+    out = h5 or npz
+    with library_errors():
+        emb = open_embeddings(store)
+        (export_h5 if h5 is not None else export_npz)(emb, out)
+    atomic_write_json(
+        out.with_name(out.name + ".run.json"),
+        run_record(
+            "cxrprobe export",
+            {
+                "store": str(store),
+                "h5": None if h5 is None else str(h5),
+                "npz": None if npz is None else str(npz),
+            },
+        ),
+    )
+    click.echo(
+        f"{store} -> {out}: {len(emb)} rows, features {', '.join(emb.feature_kinds)} (D={emb.dim}), "
+        f"{int(emb.failed.sum())} failed rows"
+    )
+
+
+COMMANDS = [extract, info, export]

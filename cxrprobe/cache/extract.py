@@ -1,0 +1,298 @@
+"""``cxrprobe extract``: frozen-backbone embeddings of every manifest row, written to a Zarr store.
+
+The work unit is a store shard (a contiguous row range). Images come from the preprocessed image
+cache (fast path: each batch is one contiguous read) or from raw files decoded in DataLoader
+workers; batches never cross a shard boundary. Three things overlap: workers load the next batches
+into pinned memory, the device computes, and a writer thread writes finished shards (bounded queue,
+so memory stays flat however large the dataset). On CUDA the model runs in bf16 autocast with
+fused attention (SDPA) and channels-last input; on CPU in float32. Results are copied back to host
+asynchronously, so the device is never waiting for the host.
+
+A killed run is resumed by running the same command: only shards without a done record are redone,
+batch by batch exactly as before, so the final store equals an uninterrupted run. A store made with
+another model, weights, input size, preprocessing or manifest is refused unless ``overwrite``; new
+manifest rows at the end are appended. Under ``torchrun`` each rank computes its own share of the
+pending shards (:mod:`cxrprobe.cache.distributed`). The per-rank loop is
+:mod:`cxrprobe.cache.pipeline`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from cxrprobe.cache.distributed import (
+    barrier,
+    close_group,
+    init_group,
+    ranks_from_env,
+    resolve_device,
+    run_on_main,
+)
+from cxrprobe.cache.embeddings import FEATURES, KIND, embedding_layout
+from cxrprobe.cache.pipeline import Extractor, Progress
+from cxrprobe.cache.store import RowMetadata, RowStore
+from cxrprobe.errors import ConfigError
+from cxrprobe.provenance import now_utc, versions
+
+log = logging.getLogger(__name__)
+
+FEATURE_VERSION = 1  # bump when the feature definitions (FEATURES) change
+
+
+@dataclass
+class Source:
+    """Where the images come from: rows, a torch Dataset of items, and what decides the pixels."""
+
+    metadata: RowMetadata
+    dataset: Any
+    preprocess: dict[str, Any]
+    provenance: dict[str, Any]
+
+
+def open_source(
+    images: str | os.PathLike | None = None,
+    manifest: Any = None,
+    root: str | os.PathLike | None = None,
+    preprocess: Any = None,
+    img_size: int = 224,
+) -> Source:
+    """The image cache at ``images``, or the raw files of ``manifest`` (DataFrame or path) under ``root``."""
+    if (images is None) == (manifest is None):
+        raise ConfigError(
+            "give either --images (an image cache) or --manifest (raw files), not both or neither"
+        )
+    if images is not None:
+        from cxrprobe.cache.images import open_images
+        from cxrprobe.data.loading import CachedImages
+
+        if preprocess is not None:
+            raise ConfigError(
+                "--preset applies to raw files only; an image cache was preprocessed when it was built"
+            )
+        cache = open_images(images)
+        prov = cache.provenance
+        return Source(
+            metadata=cache.metadata(),
+            dataset=CachedImages(str(cache.path)),
+            preprocess={
+                "config": cache.config.to_dict(),
+                "version": cache.store.identity.get("preprocess_version"),
+            },
+            provenance={
+                "images": str(cache.path),
+                "manifest": prov.get("manifest"),
+                "manifest_hash": prov.get("manifest_hash"),
+            },
+        )
+    from cxrprobe.data.loading import RawImages
+    from cxrprobe.data.manifest import manifest_hash, read_manifest
+    from cxrprobe.data.preprocess import PREPROCESS_VERSION, PreprocessConfig
+
+    path = None if hasattr(manifest, "columns") else str(manifest)
+    df = manifest if path is None else read_manifest(manifest)
+    cfg = (preprocess or PreprocessConfig()).with_size(img_size)
+    return Source(
+        metadata=RowMetadata.from_manifest(df),
+        dataset=RawImages(df, root, cfg),
+        preprocess={"config": cfg.to_dict(), "version": PREPROCESS_VERSION},
+        provenance={
+            "manifest": path,
+            "manifest_hash": manifest_hash(df),
+            "root": None if root is None else str(root),
+        },
+    )
+
+
+def extraction_identity(spec: Any, source: Source, layers: int, dtype: str) -> dict[str, Any]:
+    """What decides the stored numbers; resuming with any other value is refused."""
+    return {
+        "model": {
+            "init": spec.init,
+            "arch": spec.arch,
+            "model_kwargs": spec.model_kwargs,
+            "weights_sha256": spec.weights_sha256,
+            "img_size": spec.img_size,
+        },
+        "preprocess": source.preprocess,
+        "layers": int(layers),
+        "dtype": dtype,
+        "features": FEATURES,
+        "feature_version": FEATURE_VERSION,
+    }
+
+
+def extract_embeddings(
+    out: str | os.PathLike,
+    *,
+    init: str,
+    weights: str | os.PathLike | None = None,
+    images: str | os.PathLike | None = None,
+    manifest: Any = None,
+    root: str | os.PathLike | None = None,
+    preprocess: Any = None,
+    img_size: int = 224,
+    layers: int = 0,
+    dtype: str = "float16",
+    batch_size: int = 128,
+    num_workers: int | None = None,
+    device: str = "auto",
+    compile: bool = False,
+    overwrite: bool = False,
+    shard_rows: int | None = None,
+    arch: str | None = None,
+    model_kwargs: Mapping[str, Any] | None = None,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Compute the embeddings of every row into the store at ``out``; resumable, multi-rank.
+
+    Give ``images`` (an image cache) or ``manifest`` + ``root`` (raw files, preprocessed with
+    ``preprocess``, a :class:`~cxrprobe.data.preprocess.PreprocessConfig`, at ``img_size``). The
+    model is built by :func:`cxrprobe.models.create_model` from ``init``/``weights``/``arch``/
+    ``model_kwargs``. ``layers`` > 0 also stores the class tokens of the last N blocks.
+    ``progress(n, total)`` is called on rank 0 after each batch.
+
+    Returns a summary: ``out``, ``rows``, ``images`` (rows with features), ``failures`` (list of
+    ``{row, image_id, reason}``), ``computed`` (rows done by this run, all ranks), ``seconds``,
+    ``images_per_s``, ``shards``, ``shards_resumed``, ``world_size``, ``device``, ``model``.
+    """
+    from cxrprobe.models import create_model
+
+    if batch_size < 1:
+        raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
+    source = open_source(images, manifest, root, preprocess, img_size)
+    ranks = ranks_from_env()
+    dev = resolve_device(device, ranks)
+    ranks = init_group(ranks, dev)
+    try:
+        model, spec = create_model(
+            init, weights, img_size=img_size, arch=arch, model_kwargs=model_kwargs
+        )
+        _check_layers(model, layers)
+        identity = extraction_identity(spec, source, layers, dtype)
+        provenance = {
+            **source.provenance,
+            "model": spec.to_dict(),
+            "versions": versions(),
+            "device": _device_name(dev),
+            "world_size": ranks.world_size,
+            "batch_size": batch_size,
+            "compile": bool(compile),
+            "created": now_utc(),
+        }
+        rows_per_shard, arrays = embedding_layout(spec.embed_dim, layers, dtype, shard_rows)
+
+        def plan() -> dict[str, Any]:
+            store = RowStore.open_or_create(
+                out,
+                kind=KIND,
+                metadata=source.metadata,
+                arrays=arrays,
+                shard_rows=rows_per_shard,
+                identity=identity,
+                provenance=provenance,
+                overwrite=overwrite,
+            )
+            return {"pending": store.pending_shards(), "shards": store.n_shards}
+
+        started = time.perf_counter()
+        todo = run_on_main(ranks, plan)
+        store = RowStore.open(out, mode="r+", kind=KIND)
+        mine = todo["pending"][ranks.rank :: ranks.world_size]
+        planned = time.perf_counter()
+        timings = Extractor(store, model, spec, layers, dtype, dev, batch_size, compile).run(
+            source.dataset, mine, _workers(num_workers, dev), progress if ranks.is_main else None
+        )
+        barrier(ranks)
+        computed = sum(_shard_len(store, s) for s in todo["pending"])
+        finishing = time.perf_counter()
+        summary = run_on_main(
+            ranks, lambda: _finalize(store, source, computed, time.perf_counter() - started)
+        )
+        timings.update(
+            plan_seconds=planned - started, finalize_seconds=time.perf_counter() - finishing
+        )
+    finally:
+        close_group(ranks)
+    result = {
+        **summary,
+        "shards": todo["shards"],
+        "shards_resumed": todo["shards"] - len(todo["pending"]),
+        "world_size": ranks.world_size,
+        "device": _device_name(dev),
+        "model": spec.to_dict(),
+        "timings": timings,
+    }
+    if ranks.is_main:
+        log.info(describe(result))
+    return result
+
+
+def _finalize(store: RowStore, source: Source, computed: int, seconds: float) -> dict[str, Any]:
+    result = store.finalize(
+        {
+            "manifest_hash": source.provenance.get("manifest_hash"),
+            "last_run": {"computed": computed, "seconds": seconds},
+        }
+    )
+    return {
+        "out": str(store.path),
+        "rows": store.n_rows,
+        "images": store.n_rows - len(result["failures"]),
+        "failures": result["failures"],
+        "computed": computed,
+        "seconds": seconds,
+        "images_per_s": computed / seconds if seconds > 0 else 0.0,
+    }
+
+
+def _check_layers(model: Any, layers: int) -> None:
+    if layers < 0:
+        raise ConfigError(f"--layers must be >= 0, got {layers}")
+    if not layers:
+        return
+    depth = len(getattr(model, "blocks", ()))
+    if not hasattr(model, "forward_intermediates") or not depth:
+        raise ConfigError(
+            "--layers needs a timm ViT with forward_intermediates; drop --layers for this model"
+        )
+    if layers > depth:
+        raise ConfigError(
+            f"--layers {layers} exceeds the model's {depth} blocks; use --layers {depth} or fewer"
+        )
+
+
+def _workers(num_workers: int | None, device: Any) -> int:
+    if num_workers is not None:
+        return max(0, int(num_workers))
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+    cpus = os.cpu_count() or 1
+    return max(0, min(8, cpus // local - 1)) if device.type == "cuda" else min(2, max(0, cpus - 1))
+
+
+def _device_name(device: Any) -> str:
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    import platform
+
+    return f"cpu ({platform.processor() or platform.machine()})"
+
+
+def _shard_len(store: RowStore, shard: int) -> int:
+    rows = store.shard_slice(shard)
+    return rows.stop - rows.start
+
+
+def describe(summary: Mapping[str, Any]) -> str:
+    """The one-line human summary of an extraction."""
+    return (
+        f"{summary['out']}: {summary['rows']} rows, {summary['images']} embedded, "
+        f"{len(summary['failures'])} failures; computed {summary['computed']} images in "
+        f"{summary['seconds']:.1f} s ({summary['images_per_s']:.1f} images/s)"
+    )

@@ -1,0 +1,66 @@
+"""HDF5 and npz exports hold exactly what the store holds."""
+
+from __future__ import annotations
+
+import json
+
+import h5py
+import numpy as np
+import pytest
+
+from cxrprobe.cache.embeddings import create_embeddings
+from cxrprobe.cache.export import LABEL_MISSING, decode_labels, encode_labels, export_h5, export_npz
+from tests.test_embeddings import features, metadata
+
+
+@pytest.fixture
+def emb(tmp_path):
+    return create_embeddings(
+        tmp_path / "emb.zarr",
+        metadata(),
+        features(),
+        provenance={"model": {"init": "dinov2"}},
+        failures={2: "corrupt"},
+        shard_rows=4,
+    )
+
+
+def test_h5_round_trip(tmp_path, emb):
+    out = export_h5(emb, tmp_path / "out" / "emb.h5")
+    with h5py.File(out, "r") as h5:
+        for name in ("cls", "mean", "layers"):
+            data = h5[f"features/{name}"]
+            assert data.dtype == np.float32 and data.compression is None
+            np.testing.assert_array_equal(data[:].reshape(len(emb), -1), emb.features(name))
+        assert [s.decode() for s in h5["ids"][:]] == list(emb.ids)
+        assert h5["ids"].dtype.metadata["vlen"] is str
+        assert h5["split"].asstr()[:].tolist() == list(emb.split)
+        assert h5["patient_id"].asstr()[:].tolist() == list(emb.patient_ids)
+        assert h5["labels"].dtype == np.int8
+        np.testing.assert_array_equal(decode_labels(h5["labels"][:]), emb.labels)
+        assert (h5["labels"][:] == LABEL_MISSING).sum() == np.isnan(emb.labels).sum()
+        np.testing.assert_array_equal(h5["failed"][:], emb.failed)
+        assert json.loads(h5.attrs["provenance"]) == emb.provenance
+        assert json.loads(h5.attrs["findings"]) == list(emb.findings)
+        assert json.loads(h5.attrs["identity"])["dtype"] == "float16"
+    assert not list(out.parent.glob(".*tmp*"))
+
+
+def test_npz_round_trip(tmp_path, emb):
+    out = export_npz(emb.path, tmp_path / "emb.npz")
+    with np.load(out) as npz:
+        np.testing.assert_array_equal(npz["cls"], emb.features("cls"))
+        np.testing.assert_array_equal(npz["layers"].reshape(len(emb), -1), emb.features("layers"))
+        assert npz["ids"].tolist() == list(emb.ids)
+        np.testing.assert_array_equal(npz["labels"], emb.labels)
+        np.testing.assert_array_equal(npz["failed"], emb.failed)
+        assert json.loads(str(npz["provenance"])) == emb.provenance
+        assert npz["findings"].tolist() == list(emb.findings)
+
+
+def test_soft_labels_are_kept_as_float():
+    soft = np.array([[0.5, np.nan], [1.0, 0.0]], dtype=np.float32)
+    assert encode_labels(soft).dtype == np.float32
+    np.testing.assert_array_equal(decode_labels(encode_labels(soft)), soft)
+    hard = np.array([[1.0, np.nan], [-1.0, 0.0]], dtype=np.float32)
+    assert encode_labels(hard).tolist() == [[1, LABEL_MISSING], [-1, 0]]
