@@ -183,10 +183,17 @@ def end_to_end(store: Path, cache: Path, args: argparse.Namespace) -> dict[str, 
     ticks: list[tuple[float, int]] = []
     done = 0
 
-    def progress(n: int, total: int) -> None:
-        nonlocal done
-        done += n
-        ticks.append((time.perf_counter(), done))
+    class Ticks:
+        def update(self, n: int) -> None:
+            nonlocal done
+            done += n
+            ticks.append((time.perf_counter(), done))
+
+        def close(self) -> None:
+            pass
+
+    def progress(total: int | None, desc: str) -> Ticks:
+        return Ticks()
 
     started = time.perf_counter()
     summary = extract_embeddings(

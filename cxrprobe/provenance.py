@@ -30,7 +30,7 @@ def versions(extra: Iterable[str] = ()) -> dict[str, str]:
 
 def now_utc() -> str:
     """The current time as an ISO-8601 UTC string (seconds precision)."""
-    return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
+    return _dt.datetime.now(_dt.UTC).replace(microsecond=0).isoformat()
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

@@ -211,9 +211,12 @@ import json, sys, time
 from cxrprobe.cache.extract import extract_embeddings
 args = json.loads(sys.argv[1])
 delay = args.pop("delay", 0.0)
-def slow(n, total):
-    time.sleep(delay)
-summary = extract_embeddings(args.pop("out"), progress=slow, **args)
+class Slow:
+    def update(self, n):
+        time.sleep(delay)
+    def close(self):
+        pass
+summary = extract_embeddings(args.pop("out"), progress=lambda total, desc: Slow(), **args)
 print("SUMMARY", json.dumps({k: summary[k] for k in ("rows", "computed", "shards_resumed")}))
 """
 

@@ -105,15 +105,20 @@ def test_parallel_workers_write_the_same_store(dataset, built, tmp_path):
     class Bar:
         total, done = None, 0
 
-        def refresh(self):
-            pass
-
         def update(self, n):
             self.done += n
 
+        def close(self):
+            pass
+
     bar = Bar()
+
+    def factory(total, desc):
+        bar.total = total
+        return bar
+
     summary = build_image_cache(
-        df, root, tmp_path / "p.zarr", CFG, workers=2, shard_rows=4, progress=bar
+        df, root, tmp_path / "p.zarr", CFG, workers=2, shard_rows=4, progress=factory
     )
     parallel = open_images(tmp_path / "p.zarr")
     np.testing.assert_array_equal(parallel.read(slice(None)), serial.read(slice(None)))

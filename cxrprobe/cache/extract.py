@@ -34,9 +34,10 @@ from cxrprobe.cache.distributed import (
     run_on_main,
 )
 from cxrprobe.cache.embeddings import FEATURES, KIND, embedding_layout
-from cxrprobe.cache.pipeline import Extractor, Progress
+from cxrprobe.cache.pipeline import Extractor
 from cxrprobe.cache.store import RowMetadata, RowStore
 from cxrprobe.errors import ConfigError
+from cxrprobe.progress import ProgressFactory
 from cxrprobe.provenance import now_utc, versions
 
 log = logging.getLogger(__name__)
@@ -146,7 +147,7 @@ def extract_embeddings(
     shard_rows: int | None = None,
     arch: str | None = None,
     model_kwargs: Mapping[str, Any] | None = None,
-    progress: Progress | None = None,
+    progress: ProgressFactory | None = None,
 ) -> dict[str, Any]:
     """Compute the embeddings of every row into the store at ``out``; resumable, multi-rank.
 
@@ -154,7 +155,7 @@ def extract_embeddings(
     ``preprocess``, a :class:`~cxrprobe.data.preprocess.PreprocessConfig`, at ``img_size``). The
     model is built by :func:`cxrprobe.models.create_model` from ``init``/``weights``/``arch``/
     ``model_kwargs``. ``layers`` > 0 also stores the class tokens of the last N blocks.
-    ``progress(n, total)`` is called on rank 0 after each batch.
+    ``progress(total, desc)`` makes rank 0's bar (see :mod:`cxrprobe.progress`).
 
     Returns a summary: ``out``, ``rows``, ``images`` (rows with features), ``failures`` (list of
     ``{row, image_id, reason}``), ``computed`` (rows done by this run, all ranks), ``seconds``,

@@ -34,6 +34,7 @@ from cxrprobe.data.manifest import (
 )
 from cxrprobe.data.preprocess import PREPROCESS_VERSION, PreprocessConfig, load_preprocessed
 from cxrprobe.errors import DataFormatError, DecodeError, IncompleteStoreError, InputFileError
+from cxrprobe.progress import ProgressFactory, start_bar
 from cxrprobe.provenance import versions
 
 KIND = "images"
@@ -81,14 +82,14 @@ def build_image_cache(
     workers: int | None = os.cpu_count(),
     shard_rows: int | None = None,
     overwrite: bool = False,
-    progress: Any = None,
+    progress: ProgressFactory | None = None,
 ) -> dict[str, Any]:
     """Decode and preprocess every manifest row into the image cache at ``out``; resumable.
 
     ``manifest`` is a DataFrame or a Parquet/CSV path; relative ``path`` entries are joined to
     ``root``. ``workers`` processes each compute whole shards (1: in this process).
-    ``progress`` is a tqdm-like bar: its ``total`` is set to the images this run computes and
-    ``update(n)`` is called as images finish.
+    ``progress(total, desc)`` makes the bar (see :mod:`cxrprobe.progress`); it counts the images
+    this run computes.
 
     Returns a summary: ``out``, ``rows``, ``images`` (rows with pixels), ``failures`` (list of
     ``{row, image_id, path, reason}``), ``computed`` (rows processed by this run), ``shards``,
@@ -118,17 +119,16 @@ def build_image_cache(
     pending = store.pending_shards()
     tasks = [_task(store, s, paths, cfg) for s in pending]
     computed = sum(len(t.paths) for t in tasks)
-    tick = None
-    if progress is not None:
-        progress.total = computed
-        progress.refresh()
-        tick = progress.update
+    bar = start_bar(progress, computed, "preprocess")
     started = time.perf_counter()
-    if workers == 1 or len(tasks) <= 1:
-        for task in tasks:
-            _run_shard(task, tick)
-    else:
-        _run_pool(tasks, workers, tick)
+    try:
+        if workers == 1 or len(tasks) <= 1:
+            for task in tasks:
+                _run_shard(task, bar.update)
+        else:
+            _run_pool(tasks, workers, bar.update)
+    finally:
+        bar.close()
     seconds = time.perf_counter() - started
     rate = computed / seconds if seconds > 0 else 0.0
     summary = store.finalize(

@@ -14,17 +14,17 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
 from cxrprobe.cache.store import RowStore
+from cxrprobe.progress import ProgressFactory, start_bar
 
 WRITE_QUEUE = 2  # finished shards waiting for the writer; bounds host memory
 COPY_DEPTH = 3  # batches in flight between device and host on CUDA
 
-Progress = Callable[[int, int], Any]  # (rows finished since last call, rows this process computes)
 
 
 def embed(model: Any, x: Any, layers: int, num_prefix_tokens: int) -> dict[str, Any]:
@@ -98,7 +98,7 @@ class Extractor:
         return batches, owners
 
     def run(
-        self, dataset: Any, shards: list[int], workers: int, progress: Progress | None
+        self, dataset: Any, shards: list[int], workers: int, progress: ProgressFactory | None
     ) -> dict[str, float]:
         import torch
         from torch.utils.data import DataLoader
@@ -106,9 +106,7 @@ class Extractor:
         from cxrprobe.data.loading import collate_images
 
         batches, owners = self._batches(shards)
-        total = sum(len(b) for b in batches)
-        if progress is not None:
-            progress(0, total)
+        bar = start_bar(progress, sum(len(b) for b in batches), "extract")
         if not batches:
             return {
                 "seconds": 0.0,
@@ -140,10 +138,10 @@ class Extractor:
                     assembler.fail(shard, failures)
                     if len(rows):
                         copier.push(shard, rows.numpy(), self._compute(images))
-                    if progress is not None:
-                        progress(len(batch), total)
+                    bar.update(len(batch))
                 copier.flush()
         finally:
+            bar.close()
             writer.close()
         return {
             "seconds": time.perf_counter() - started,

@@ -186,36 +186,27 @@ def extract(
                 "--root and --preset go with --manifest (raw files), not with --images"
             )
         cfg = PRESETS[preset or "default"] if manifest is not None else None
-        with progress(
-            None, "extract", unit="img", disable=None if _is_main_rank() else True
-        ) as bar:
-
-            def tick(n: int, total: int) -> None:
-                if bar.total != total:  # first call: the rows to do are known, start the clock
-                    bar.reset(total=total)
-                bar.update(n)
-
-            summary = extract_embeddings(
-                out,
-                init=init,
-                weights=weights,
-                images=images,
-                manifest=manifest,
-                root=root,
-                preprocess=cfg,
-                img_size=img_size,
-                layers=layers,
-                dtype=dtype,
-                batch_size=batch_size,
-                num_workers=workers,
-                device=device,
-                compile=compile_,
-                overwrite=overwrite,
-                shard_rows=shard_rows,
-                arch=arch,
-                model_kwargs=kwargs,
-                progress=tick,
-            )
+        summary = extract_embeddings(
+            out,
+            init=init,
+            weights=weights,
+            images=images,
+            manifest=manifest,
+            root=root,
+            preprocess=cfg,
+            img_size=img_size,
+            layers=layers,
+            dtype=dtype,
+            batch_size=batch_size,
+            num_workers=workers,
+            device=device,
+            compile=compile_,
+            overwrite=overwrite,
+            shard_rows=shard_rows,
+            arch=arch,
+            model_kwargs=kwargs,
+            progress=progress,
+        )
     if not _is_main_rank():
         return
     from cxrprobe.provenance import atomic_write_json

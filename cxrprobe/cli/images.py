@@ -96,17 +96,16 @@ def preprocess(
         cfg = PRESETS[preset]
         overrides = {"size": size, "aspect": aspect, "equalize": equalize}
         cfg = replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
-        with progress(None, "preprocess", unit="img") as bar:
-            summary = build_image_cache(
-                manifest,
-                root,
-                out,
-                cfg,
-                workers=workers,
-                shard_rows=shard_rows,
-                overwrite=overwrite,
-                progress=bar,
-            )
+        summary = build_image_cache(
+            manifest,
+            root,
+            out,
+            cfg,
+            workers=workers,
+            shard_rows=shard_rows,
+            overwrite=overwrite,
+            progress=progress,
+        )
     failures = summary["failures"]
     atomic_write_json(out / FAILURES_FILE, failures)
     result = {k: v for k, v in summary.items() if k != "failures"}
