@@ -1,0 +1,1 @@
+"""Whole studies: the config-driven plan (datasets × inits × methods), the demo and the study report."""
