@@ -30,10 +30,11 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from scipy import ndimage
 
 from cxrprobe.data import synthetic_anatomy as anat
-from cxrprobe.data import synthetic_findings as find
+from cxrprobe.data.findings import in_vocabulary_order
+from cxrprobe.data.manifest import BASE_COLUMNS, SPLITS
+from cxrprobe.data.synthetic_render import chest_density, expose
 from cxrprobe.errors import ConfigError
 from cxrprobe.provenance import atomic_write_bytes, atomic_write_text
 
@@ -45,18 +46,9 @@ SYNTHETIC_FINDINGS: tuple[str, ...] = (
     "pneumothorax",
 )
 NO_FINDING = "no_finding"
-LABEL_COLUMNS: tuple[str, ...] = (NO_FINDING, *SYNTHETIC_FINDINGS)
-MANIFEST_COLUMNS: tuple[str, ...] = (
-    "image_id",
-    "path",
-    "patient_id",
-    "study_id",
-    "view",
-    "split",
-    "sex",
-    "age",
-    *LABEL_COLUMNS,
-)
+LABEL_COLUMNS: tuple[str, ...] = tuple(in_vocabulary_order((NO_FINDING, *SYNTHETIC_FINDINGS)))
+"""The label columns in the manifest's canonical (vocabulary) order."""
+MANIFEST_COLUMNS: tuple[str, ...] = (*BASE_COLUMNS, *LABEL_COLUMNS)
 DEFAULT_PREVALENCE: dict[str, float] = {
     "cardiomegaly": 0.3,
     "pleural_effusion": 0.3,
@@ -65,10 +57,11 @@ DEFAULT_PREVALENCE: dict[str, float] = {
     "pneumothorax": 0.1,
 }
 IMAGE_FORMATS: dict[str, str] = {"png": ".png", "tiff": ".tif"}
-SPLITS: tuple[str, ...] = ("train", "val", "test")
 _IMAGES_PER_PATIENT = (1, 2, 3)
 _IMAGES_PER_PATIENT_P = (0.5, 0.3, 0.2)
 _AP_FRACTION = 0.3
+# Film noise fills the low bits, so zlib saves little (level 1: 15 % smaller, twice as slow).
+_PNG_COMPRESS_LEVEL = 0
 _MIN_SIZE = 32
 _PER_IMAGE = tuple(name for name in SYNTHETIC_FINDINGS if name != "cardiomegaly")
 _STREAMS = ("anatomy", "pose", "exposure", *_PER_IMAGE)
@@ -127,73 +120,6 @@ def render_radiograph(
     return expose(streams["exposure"], density)
 
 
-def chest_density(
-    frame: anat.Frame,
-    anatomy: anat.PatientAnatomy,
-    pose: anat.Pose,
-    planted: Mapping[str, np.random.Generator],
-) -> np.ndarray:
-    """Projected density (float32, brighter = denser) of the chest with the ``planted``
-    findings (name -> the random stream that places it; cardiomegaly lives in ``anatomy``)."""
-    edge = frame.px * 1.5
-    thickness = anat.body_thickness(frame, anatomy)
-    diaphragm = anat.diaphragm_surface(frame, anatomy, pose)
-    mediastinum, heart = anat.mediastinum_and_heart(frame, anatomy, pose, diaphragm)
-    distances = {side: anat.lung_distance(frame, anatomy, pose, side) for side in anat.SIDES}
-    lungs = {side: anat.soft_inside(d, edge) for side, d in distances.items()}
-    half_width = anat.lung_geometry(anatomy, 1)[1]
-    air = sum(lungs[s] * anat.lung_air(distances[s], half_width) for s in anat.SIDES)
-    markings = anat.lung_markings(frame, anatomy)
-    extra = np.zeros_like(frame.u)
-
-    if "pleural_effusion" in planted:
-        fluid = find.effusion_fluid(planted["pleural_effusion"], frame, anatomy, pose, lungs)
-        air *= 1.0 - fluid
-        extra += 0.15 * fluid
-    if "pneumothorax" in planted:
-        rim, line = find.pneumothorax(planted["pneumothorax"], frame, anatomy, pose, lungs)
-        markings *= 1.0 - rim
-        extra += 0.22 * line - 0.08 * rim
-    if "nodule_mass" in planted:
-        extra += find.nodule(planted["nodule_mass"], frame, anatomy, pose)
-    if "consolidation" in planted:
-        extra += find.consolidation(planted["consolidation"], frame, anatomy, pose, lungs)
-
-    air *= (1.0 - 0.85 * heart) * (1.0 - mediastinum)
-    above = anat.soft_inside(frame.v - diaphragm, 0.08)
-    bones = anatomy.bone_density * (
-        0.17 * anat.ribs(frame, anatomy) * (0.35 + 0.65 * above)
-        + 0.35 * anat.clavicles(frame, pose)
-        + 0.15 * anat.spine(frame)
-    )
-    soft = 0.85 * thickness
-    if anatomy.sex == "F":
-        soft += 0.1 * anat.breasts(frame, anatomy)
-    return (
-        soft
-        + 0.15 * np.maximum(heart, mediastinum)
-        - 0.7 * air * thickness
-        + 0.35 * markings * air
-        - (0.4 * anat.trachea(frame) + 0.25 * anat.gastric_bubble(frame, anatomy, pose)) * thickness
-        + (bones + extra) * (thickness > 0.05)
-    )
-
-
-def expose(rng: np.random.Generator, density: np.ndarray) -> np.ndarray:
-    """Turn density into a 16-bit film: random exposure, contrast, heel effect, blur, noise."""
-    size = density.shape[0]
-    intensity = 1.0 - np.exp(-rng.uniform(1.3, 1.8) * np.maximum(density, 0.0))
-    intensity **= rng.uniform(0.85, 1.2)
-    heel = 1.0 + rng.uniform(-0.06, 0.06) * np.linspace(-1.0, 1.0, size, dtype=np.float32)
-    intensity *= heel[:, None] if rng.random() < 0.5 else heel[None, :]
-    intensity = ndimage.gaussian_filter(intensity, rng.uniform(0.5, 1.0) * size / 256)
-    noise = rng.standard_normal(intensity.shape, dtype=np.float32)
-    intensity += rng.uniform(0.01, 0.03) * noise * np.sqrt(intensity + 0.02)
-    low, high = rng.uniform(0, 3000), rng.uniform(30000, 65535)
-    film = low + np.clip(intensity, 0.0, 1.0) * (high - low)
-    return np.rint(film).astype(np.uint16)
-
-
 def plan_dataset(
     n: int, seed: int = 0, prevalence: Mapping[str, float] | None = None
 ) -> list[SyntheticImage]:
@@ -202,6 +128,10 @@ def plan_dataset(
     Sex, age and body (including cardiomegaly, a chronic finding) are per patient; the other
     findings and the view are drawn per image, each finding independently with its prevalence.
     """
+    if n < 1:
+        raise ConfigError(f"n={n}: the number of images must be at least 1")
+    if seed < 0:
+        raise ConfigError(f"seed={seed}: use a non-negative integer seed")
     rates = _check_prevalence(prevalence)
     images: list[SyntheticImage] = []
     patient = 0
@@ -262,10 +192,9 @@ def generate_dataset(
     with ``path`` relative to ``out_dir``. ``split`` is empty when ``split`` is None, otherwise
     fractions (train, val, test) assigned per patient. Every file is written atomically (a
     temporary file then a rename) and the CSV last, so an interrupted run leaves no half files
-    and no labels pointing at missing images. ``progress`` is called with 1 after each image.
+    and no labels pointing at missing images (a ``labels.csv`` from an earlier run is removed
+    first). ``progress`` is called with 1 after each image.
     """
-    if n < 1:
-        raise ConfigError(f"n={n}: the number of images must be at least 1")
     if image_format not in IMAGE_FORMATS:
         raise ConfigError(
             f"image_format={image_format!r} is not supported; use one of {sorted(IMAGE_FORMATS)}"
@@ -274,6 +203,7 @@ def generate_dataset(
     out_dir = Path(out_dir)
     plan = plan_dataset(n, seed, prevalence)
     splits = assign_splits([im.patient_id for im in plan], split, seed) if split is not None else {}
+    (out_dir / "labels.csv").unlink(missing_ok=True)
     rows = []
     for image in plan:
         pixels = render_radiograph(
@@ -298,13 +228,14 @@ def generate_dataset(
 def encode_image(pixels: np.ndarray, image_format: str = "png") -> bytes:
     """Encode a uint16 (H, W) array as a 16-bit grayscale PNG or TIFF that reads back exactly."""
     buffer = io.BytesIO()
-    options = {"compress_level": 1} if image_format == "png" else {}
+    options = {"compress_level": _PNG_COMPRESS_LEVEL} if image_format == "png" else {}
     Image.fromarray(pixels).save(buffer, format=image_format.upper(), **options)
     return buffer.getvalue()
 
 
 def _manifest_row(image: SyntheticImage, relative: str, split: str) -> list[object]:
-    labels = [image.no_finding] + [image.findings[name] for name in SYNTHETIC_FINDINGS]
+    values = {NO_FINDING: image.no_finding, **image.findings}
+    labels = [values[name] for name in LABEL_COLUMNS]
     return [
         image.image_id,
         relative,

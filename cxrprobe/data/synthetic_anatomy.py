@@ -13,6 +13,7 @@ findings, converts density to intensity and adds blur and noise.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -40,6 +41,8 @@ class PatientAnatomy:
     """Cardiothoracic ratio on a PA film: heart width over inner thoracic width."""
     heart_left_share: float
     """Share of the heart width on the viewer's right (the patient's left on PA)."""
+    heart_shift: float
+    """Horizontal offset of the heart's centre from the midline."""
     heart_top: float
     rib_start: float
     rib_spacing: float
@@ -79,14 +82,14 @@ def sample_anatomy(
 ) -> PatientAnatomy:
     """Draw one patient's body shape; ``cardiomegaly`` sets the cardiothoracic ratio range.
 
-    Normal hearts get a PA ratio in [0.36, 0.47] and enlarged ones in [0.55, 0.72], so the two
+    Normal hearts get a PA ratio in [0.36, 0.47] and enlarged ones in [0.57, 0.76], so the two
     groups never overlap even after the AP magnification (at most x1.07) is applied.
     """
     sex = sex if sex is not None else ("M" if rng.random() < 0.5 else "F")
     age = int(age if age is not None else rng.integers(18, 91))
-    body = rng.uniform(0.84, 0.95) if sex == "M" else rng.uniform(0.80, 0.91)
+    body = rng.uniform(0.86, 0.94) if sex == "M" else rng.uniform(0.83, 0.91)
     if cardiomegaly:
-        ctr = float(np.clip(rng.normal(0.62, 0.04), 0.55, 0.72))
+        ctr = float(np.clip(rng.normal(0.66, 0.04), 0.57, 0.76))
     else:
         ctr = float(np.clip(rng.normal(0.42, 0.025), 0.36, 0.47))
     return PatientAnatomy(
@@ -95,11 +98,12 @@ def sample_anatomy(
         body_half_width=float(body),
         thorax_half_width=float(body * rng.uniform(0.80, 0.85)),
         mediastinum_half_width=float(rng.uniform(0.08, 0.11)),
-        lung_top=float(rng.uniform(-0.76, -0.68)),
-        diaphragm_level=float(rng.uniform(0.36, 0.44)),
+        lung_top=float(rng.uniform(-0.75, -0.70)),
+        diaphragm_level=float(rng.uniform(0.37, 0.43)),
         dome_height=float(rng.uniform(0.10, 0.15)),
         ctr=ctr,
         heart_left_share=float(rng.uniform(0.60, 0.68)),
+        heart_shift=float(rng.uniform(-0.03, 0.03)),
         heart_top=float(rng.uniform(-0.12, -0.04)),
         rib_start=float(rng.uniform(-0.80, -0.74)),
         rib_spacing=float(rng.uniform(0.072, 0.085)),
@@ -115,9 +119,9 @@ def sample_pose(rng: np.random.Generator, view: str) -> Pose:
         view=view,
         rotation=float(np.deg2rad(rng.uniform(-4.0, 4.0))),
         shift_x=float(rng.uniform(-0.05, 0.05)),
-        shift_y=float(rng.uniform(-0.05, 0.05)),
-        scale=float(rng.uniform(0.90, 1.02) * (1.05 if ap else 1.0)),
-        inspiration=float(rng.uniform(-0.03, 0.03) - (0.05 if ap else 0.0)),
+        shift_y=float(rng.uniform(-0.04, 0.04)),
+        scale=float(rng.uniform(0.94, 1.04) * (1.05 if ap else 1.0)),
+        inspiration=float(rng.uniform(-0.02, 0.02) - (0.05 if ap else 0.0)),
         heart_magnification=float(rng.uniform(1.03, 1.07) if ap else 1.0),
     )
 
@@ -133,15 +137,46 @@ def make_frame(size: int, pose: Pose) -> Frame:
     return Frame(u=u.astype(np.float32), v=v.astype(np.float32), px=2.0 / size / pose.scale)
 
 
+def window(
+    frame: Frame, pose: Pose, u_range: tuple[float, float], v_range: tuple[float, float]
+) -> tuple[tuple[slice, slice], Frame]:
+    """The pixels of a full-image ``frame`` that cover an anatomical box, and their sub-frame.
+
+    Structures confined to a box are drawn on its sub-frame only and added back at the
+    returned slices, which saves most of the work for small ones (spine, clavicles, nodules).
+    """
+    size = frame.u.shape[0]
+    c, s = np.cos(pose.rotation), np.sin(pose.rotation)
+    u = np.array([u_range[0], u_range[0], u_range[1], u_range[1]])
+    v = np.array([v_range[0], v_range[1], v_range[0], v_range[1]])
+    cols = (pose.shift_x + pose.scale * (c * u - s * v) + 1.0) * (size / 2)
+    rows = (pose.shift_y + pose.scale * (s * u + c * v) + 1.0) * (size / 2)
+    box = (_pixel_span(rows, size), _pixel_span(cols, size))
+    return box, Frame(u=frame.u[box], v=frame.v[box], px=frame.px)
+
+
+def _pixel_span(edges: np.ndarray, size: int) -> slice:
+    """Pixel indices covering the span of ``edges`` (pixel units) plus one, within the image."""
+    start = min(max(math.floor(edges.min()) - 1, 0), size)
+    return slice(start, min(max(math.ceil(edges.max()) + 1, start), size))
+
+
 def soft_inside(distance: np.ndarray, width: float) -> np.ndarray:
     """1 inside (negative distance), 0 outside, with a linear edge ``width`` wide."""
-    return np.clip(0.5 - distance / width, 0.0, 1.0)
+    inside = distance * np.float32(-1.0 / width)
+    inside += 0.5
+    return np.clip(inside, 0.0, 1.0, out=inside)
 
 
 def ellipse_distance(du: np.ndarray, dv: np.ndarray, a, b) -> np.ndarray:
     """Approximate signed distance to an ellipse with semi-axes ``a`` and ``b``."""
     scale = np.asarray(np.minimum(a, b), dtype=np.float32)
-    return (np.sqrt((du / a) ** 2 + (dv / b) ** 2) - 1.0) * scale
+    radius = np.square(du / a)
+    radius += np.square(dv / b)
+    np.sqrt(radius, out=radius)
+    radius -= 1.0
+    radius *= scale
+    return radius
 
 
 def diaphragm_level(anatomy: PatientAnatomy, pose: Pose, side: int) -> float:
@@ -213,33 +248,51 @@ def body_thickness(frame: Frame, anatomy: PatientAnatomy) -> np.ndarray:
     return np.sqrt(inside) * soft_inside(-inside, 0.02)
 
 
-def mediastinum_and_heart(
-    frame: Frame, anatomy: PatientAnatomy, pose: Pose, diaphragm: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """Masks of the mediastinum (with aortic knob) and of the cardiac silhouette.
+def heart_shape(anatomy: PatientAnatomy, pose: Pose) -> tuple[float, float, float, float]:
+    """Left and right extent from the heart's centre, centre height and half height.
 
     The heart's width is ``ctr`` times the inner thoracic width (times the AP magnification),
-    most of it on the viewer's right, resting on the diaphragm.
+    most of it on the viewer's right, resting on the diaphragm; enlarged hearts are rounder as
+    well as wider (the top rises with the ratio).
     """
-    u, v = frame.u, frame.v
-    edge = frame.px * 2.0
     width = anatomy.ctr * 2 * anatomy.thorax_half_width * pose.heart_magnification
     right = anatomy.heart_left_share * width
-    left = width - right
     centre_v = anatomy.diaphragm_level + pose.inspiration - 0.02
-    # Enlarged hearts are rounder as well as wider: the top rises with the ratio.
-    half_height = centre_v - anatomy.heart_top + 0.6 * (anatomy.ctr - 0.42)
-    semi_u = np.float32(left) + np.float32(right - left) * (u > 0)
-    inside = ellipse_distance(u, v - centre_v, semi_u, half_height)
-    depth = np.sqrt(np.clip(-inside / 0.12, 0.0, 1.0))
-    heart = soft_inside(inside, edge) * (0.75 + 0.25 * depth)
-    heart *= soft_inside(v - diaphragm - 0.02, edge)
+    half_height = centre_v - anatomy.heart_top + anatomy.ctr - 0.42
+    return width - right, right, centre_v, half_height
 
+
+def heart_box(anatomy: PatientAnatomy, pose: Pose) -> tuple[tuple[float, float], ...]:
+    """Anatomical ``(u_range, v_range)`` holding the cardiac silhouette."""
+    left, right, centre_v, half_height = heart_shape(anatomy, pose)
+    u0 = anatomy.heart_shift
+    return (u0 - left - 0.03, u0 + right + 0.03), (centre_v - half_height - 0.03, centre_v + 0.3)
+
+
+def heart(frame: Frame, anatomy: PatientAnatomy, pose: Pose, diaphragm: np.ndarray) -> np.ndarray:
+    """The cardiac silhouette (denser in its middle), cut off by the diaphragm below."""
+    edge = frame.px * 2.0
+    left, right, centre_v, half_height = heart_shape(anatomy, pose)
+    du = frame.u - anatomy.heart_shift
+    semi_u = np.float32(left) + np.float32(right - left) * (du > 0)
+    inside = ellipse_distance(du, frame.v - centre_v, semi_u, half_height)
+    depth = np.sqrt(np.clip(inside * np.float32(-1 / 0.12), 0.0, 1.0))
+    depth *= 0.25
+    depth += 0.75
+    depth *= soft_inside(inside, edge)
+    depth *= soft_inside(frame.v - diaphragm - 0.02, edge)
+    return depth
+
+
+def mediastinum(frame: Frame, anatomy: PatientAnatomy, pose: Pose) -> np.ndarray:
+    """The mediastinal band above the heart, widening downwards, with the aortic knob."""
+    u, v = frame.u, frame.v
+    edge = frame.px * 2.0
     mw = anatomy.mediastinum_half_width
     band = soft_inside(np.abs(u - 0.01) - mw * (0.8 + 0.25 * (v + 1.0)), edge)
-    band *= soft_inside(v - centre_v, edge)
+    band *= soft_inside(v - heart_shape(anatomy, pose)[2], edge)
     knob = soft_inside(ellipse_distance(u - (mw + 0.02), v + 0.38, 0.065, 0.055), edge)
-    return np.maximum(band, knob), heart
+    return np.maximum(band, knob, out=band)
 
 
 def trachea(frame: Frame) -> np.ndarray:
@@ -279,10 +332,18 @@ def _rib_index(t: np.ndarray, spacing: float, growth: float) -> np.ndarray:
 
 def _band_profile(k: np.ndarray, fill: float) -> np.ndarray:
     """A bone seen edge-on: a rounded band occupying ``fill`` of each period with bright cortex."""
-    x = (k - np.floor(k)) / fill * 2.0 - 1.0
-    inside = np.clip(1.0 - x**2, 0.0, 1.0)
-    cortex = np.exp(-(((np.abs(x) - 0.85) / 0.12) ** 2)) * (np.abs(x) < 1.1)
-    return 0.6 * np.sqrt(inside) + 0.4 * cortex
+    x = k - np.floor(k)
+    x *= 2.0 / fill
+    x -= 1.0
+    np.abs(x, out=x)
+    body = np.sqrt(np.clip(1.0 - x * x, 0.0, 1.0))
+    x -= 0.85
+    x *= 1 / 0.12
+    cortex = np.exp(-x * x)
+    cortex[x > 2.0] = 0.0
+    body *= 0.6
+    body += 0.4 * cortex
+    return body
 
 
 def clavicles(frame: Frame, pose: Pose) -> np.ndarray:

@@ -30,15 +30,15 @@ def effusion_fluid(
     pose: Pose,
     lungs: dict[int, np.ndarray],
 ) -> np.ndarray:
-    """Pleural fluid at one or both lung bases (half the time both): a level 18-40 % of the lung
-    height up, rising towards the chest wall (the meniscus) and fading upwards, so the
+    """Pleural fluid at one or both lung bases (both in 60 % of cases): a level 30-55 % of the
+    lung height up, rising towards the chest wall (the meniscus) and fading upwards, so the
     costophrenic angle and the dome vanish."""
-    sides = SIDES if rng.random() < 0.5 else (SIDES[int(rng.integers(2))],)
+    sides = SIDES if rng.random() < 0.6 else (SIDES[int(rng.integers(2))],)
     fluid = np.zeros_like(frame.u)
     for side in sides:
         centre, half = lung_geometry(anatomy, side)
         base = diaphragm_level(anatomy, pose, side)
-        height = rng.uniform(0.18, 0.4) * (base - anatomy.lung_top)
+        height = rng.uniform(0.3, 0.55) * (base - anatomy.lung_top)
         rise = rng.uniform(0.12, 0.25)
         towards_wall = np.clip((frame.u - centre) * side / (2 * half) + 0.5, 0.0, 1.0)
         level = base - height - rise * towards_wall**4
@@ -55,15 +55,16 @@ def pneumothorax(
 ) -> tuple[np.ndarray, np.ndarray]:
     """The air rim between chest wall and collapsed lung, and the visceral pleural line.
 
-    One lung is shrunk by 20-45 % towards its lower medial corner (near the hilum), leaving an
-    apical and lateral rim without vessels.
+    One lung is shrunk by 20-45 % towards a point below its medial base, leaving an apical and
+    lateral rim without vessels.
     """
     side = SIDES[int(rng.integers(2))]
     lung = lungs[side]
     collapse = rng.uniform(0.20, 0.45)
     centre, half = lung_geometry(anatomy, side)
-    anchor_u = centre - side * 0.7 * half
-    anchor_v = diaphragm_level(anatomy, pose, side) - anatomy.dome_height
+    # Anchored at the medial edge below the base, so the rim is apical and lateral only.
+    anchor_u = centre - side * half
+    anchor_v = diaphragm_level(anatomy, pose, side) + 0.1
     keep = 1.0 - collapse
     shrunk = Frame(
         u=anchor_u + (frame.u - anchor_u) / keep,
@@ -98,22 +99,25 @@ def consolidation(
     """A large fuzzy patchy opacity confined to one lung (it stops at the pleura)."""
     side = SIDES[int(rng.integers(2))]
     u0, v0 = lung_site(rng, anatomy, pose, margin=0.04, side=side)
-    ru, rv = (float(r) for r in rng.uniform(0.10, 0.20, 2))
+    ru, rv = (float(r) for r in rng.uniform(0.14, 0.26, 2))
     r2 = ((frame.u - u0) / ru) ** 2 + ((frame.v - v0) / rv) ** 2
     envelope = np.exp(-(r2**2))
-    patches = _smooth_noise(rng, frame.u.shape[0], cells=10)
-    return rng.uniform(0.35, 0.5) * envelope * (0.35 + 0.9 * patches) * lungs[side]
+    patches = _smooth_noise(rng, frame, cells=12)
+    return rng.uniform(0.4, 0.55) * envelope * (0.35 + 0.9 * patches) * lungs[side]
 
 
-def _smooth_noise(rng: np.random.Generator, size: int, cells: int) -> np.ndarray:
-    """Uniform noise on a ``cells`` x ``cells`` grid, bilinearly upsampled to ``size`` pixels
-    one axis at a time."""
-    coarse = rng.random((cells, cells), dtype=np.float32)
-    position = np.linspace(0.0, cells - 1.0, size, dtype=np.float32)
-    lower = np.minimum(position.astype(np.int32), cells - 2)
-    frac = position - lower.astype(np.float32)
-    rows = coarse[lower] * (1 - frac[:, None]) + coarse[lower + 1] * frac[:, None]
-    return rows[:, lower] * (1 - frac) + rows[:, lower + 1] * frac
+def _smooth_noise(rng: np.random.Generator, frame: Frame, cells: int) -> np.ndarray:
+    """Uniform noise on a ``cells`` x ``cells`` grid over the anatomical square [-1.2, 1.2]^2,
+    bilinearly interpolated at each pixel of ``frame`` (so it moves with the patient)."""
+    coarse = rng.random((cells + 1, cells + 1), dtype=np.float32)
+    scale = cells / 2.4
+    col = np.clip((frame.u + 1.2) * scale, 0.0, cells - 1e-3)
+    row = np.clip((frame.v + 1.2) * scale, 0.0, cells - 1e-3)
+    c0, r0 = col.astype(np.int32), row.astype(np.int32)
+    fc, fr = col - c0.astype(np.float32), row - r0.astype(np.float32)
+    top = coarse[r0, c0] * (1 - fc) + coarse[r0, c0 + 1] * fc
+    bottom = coarse[r0 + 1, c0] * (1 - fc) + coarse[r0 + 1, c0 + 1] * fc
+    return top * (1 - fr) + bottom * fr
 
 
 def lung_site(
