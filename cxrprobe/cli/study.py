@@ -31,7 +31,7 @@ def _echo_study(study: dict[str, Any]) -> None:
 @click.option("--weights-dir", type=click.Path(file_okay=False, exists=True, path_type=Path), default=None,
               help="Folder with dinov2_vitb14_pretrain.pth and vit_base_patch16_224.augreg_in21k.safetensors "
                    "(else tiny random ViTs are used).")
-@click.option("--finetune-epochs", type=click.IntRange(min=0), default=6, show_default=True,
+@click.option("--finetune-epochs", type=click.IntRange(min=0), default=8, show_default=True,
               help="Epochs of the short DINOv2 fine-tune (0 skips it).")
 @click.option("--resamples", type=click.IntRange(min=100), default=1000, show_default=True,
               help="Bootstrap resamples of the comparisons.")

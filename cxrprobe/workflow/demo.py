@@ -15,8 +15,11 @@ from typing import Any
 
 from cxrprobe.workflow.config import DatasetEntry, InitEntry, StudyConfig
 
-# Small ViTs of the two families (patch 14 like DINOv2, patch 16 like the ImageNet ViT-B/16).
+# Small ViTs of the two families (patch 14 like DINOv2, patch 16 like the ImageNet ViT-B/16). The
+# DINOv2 family's LayerScale starts at 1e-5, which leaves randomly initialised blocks near identity;
+# 1.0 lets its random features mix patches as the other family's do.
 TINY_VIT = {"depth": 4, "embed_dim": 96, "num_heads": 3}
+TINY_EXTRA = {"dinov2": {"init_values": 1.0}, "imagenet": {}}
 TINY_SIZE = 112
 PRETRAINED_SIZE = 224
 WEIGHT_FILES = {
@@ -52,7 +55,8 @@ def demo_models(weights_dir: str | os.PathLike | None, finetune_epochs: int) -> 
         note = f"pretrained ViT-B weights from {weights_dir} ({', '.join(p.name for p in found.values())})"
         return DemoModels(inits, PRETRAINED_SIZE, note)
     inits = tuple(
-        InitEntry(f"{f}-tiny", "random", arch=TINY_ARCH[f], model_kwargs=dict(TINY_VIT), methods=methods[f])
+        InitEntry(f"{f}-tiny", "random", arch=TINY_ARCH[f], model_kwargs={**TINY_VIT, **TINY_EXTRA[f]},
+                  methods=methods[f])
         for f in ("dinov2", "imagenet")
     )
     missing = [f for f, path in found.items() if path is None]
@@ -78,14 +82,14 @@ def demo_config(out: Path, n: int, seed: int, models: DemoModels, finetune_epoch
         preprocess={"size": models.size, "workers": 2},
         extract={"batch_size": 64},
         probe={"features": "cls+mean", "grid": [10.0 ** k for k in range(-4, 3)]},
-        finetune={"epochs": finetune_epochs, "batch_size": 32, "lr": 3e-4 if models.size == TINY_SIZE else 1e-5,
+        finetune={"epochs": finetune_epochs, "batch_size": 32, "lr": 1e-3 if models.size == TINY_SIZE else 1e-5,
                   "schedule": "cosine", "warmup_epochs": 1, "patience": None},
         compare={"resamples": resamples},
     )
 
 
 def run_demo(out: str | os.PathLike, *, n: int = 600, seed: int = 0, weights_dir: str | None = None,
-             finetune_epochs: int = 6, resamples: int = 1000, device: str = "auto",
+             finetune_epochs: int = 8, resamples: int = 1000, device: str = "auto",
              progress: Any = None, on_step: Any = None) -> dict[str, Any]:
     """Generate the synthetic dataset and run the demo study; returns outputs and the main report."""
     from cxrprobe.data.synthetic import generate_dataset
