@@ -33,3 +33,10 @@ class _Silent:
 def start_bar(progress: ProgressFactory | None, total: int | None, desc: str) -> Bar:
     """A bar from ``progress`` (or a silent one when it is None) for ``total`` units of work."""
     return _Silent() if progress is None else progress(total, desc)
+
+
+def show_note(bar: Bar, text: str) -> None:
+    """Show ``text`` beside ``bar`` where it can (tqdm's postfix); other bars ignore it."""
+    note = getattr(bar, "set_postfix_str", None)
+    if note is not None:
+        note(text)

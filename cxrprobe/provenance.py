@@ -100,8 +100,6 @@ def run_record(command: str, config: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def write_run_record(
-    out_dir: str | os.PathLike, command: str, config: Mapping[str, Any]
-) -> Path:
+def write_run_record(out_dir: str | os.PathLike, command: str, config: Mapping[str, Any]) -> Path:
     """Write ``run.json`` (resolved config and versions) into an output folder."""
     return atomic_write_json(Path(out_dir) / "run.json", run_record(command, config))

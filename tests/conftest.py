@@ -38,3 +38,34 @@ def real_data() -> Path:
 def device(request) -> str:
     """Run a test body on CPU and, where present, on CUDA."""
     return request.param
+
+
+class RecordedBar:
+    """A progress bar that remembers its total, description, updates and whether it was closed."""
+
+    def __init__(self, total: int | None, desc: str) -> None:
+        self.total, self.desc, self.updates, self.closed = total, desc, [], False
+
+    def update(self, n: int = 1) -> None:
+        self.updates.append(n)
+
+    def close(self) -> None:
+        self.closed = True
+
+    @property
+    def done(self) -> int:
+        return sum(self.updates)
+
+
+class BarRecorder(list):
+    """A ``cxrprobe.progress`` factory that keeps every bar it makes (it is the list of them)."""
+
+    def __call__(self, total: int | None, desc: str) -> RecordedBar:
+        self.append(RecordedBar(total, desc))
+        return self[-1]
+
+
+@pytest.fixture
+def bars() -> BarRecorder:
+    """Pass as ``progress=bars``; then inspect ``bars`` (one RecordedBar per bar opened)."""
+    return BarRecorder()

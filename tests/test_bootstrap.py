@@ -8,6 +8,7 @@ import torch
 from scipy import stats as scipy_stats
 from sklearn.metrics import confusion_matrix, roc_auc_score
 
+from cxrprobe.devices import resolve_device
 from cxrprobe.errors import ConfigError
 from cxrprobe.stats.bootstrap import (
     AurocStatistic,
@@ -17,7 +18,6 @@ from cxrprobe.stats.bootstrap import (
     mean_over_labels,
     paired_p_values,
     percentile_interval,
-    resolve_device,
     row_weights,
     run_bootstrap,
     weighted_auroc,
@@ -70,21 +70,23 @@ def test_resample_with_one_class_is_nan():
     assert np.isnan(out[0, 0]) and out[1, 0] == 1.0
 
 
-def test_run_bootstrap_does_not_depend_on_chunk_size():
+def test_run_bootstrap_does_not_depend_on_chunk_size(bars):
     targets, scores = _data(7)
     resampler = make_resampler(len(targets), n_resamples=10, seed=3)
     expected = weighted_auroc(targets, scores, resampler.counts(0, 10))
     for chunk in (1, 3, 10):
-        done = []
+        bars.clear()
         out = run_bootstrap(
             resampler,
             {"auc": AurocStatistic(targets, scores)},
             device="cpu",
             chunk_size=chunk,
-            on_chunk=done.append,
+            progress=bars,
         )
         np.testing.assert_array_equal(out["auc"], expected)
-        assert sum(done) == 10 and len(done) == -(-10 // chunk)
+        (bar,) = bars
+        assert bar.total == 10 and bar.closed
+        assert bar.done == 10 and len(bar.updates) == -(-10 // chunk)
 
 
 def test_resampler_is_seeded_and_counts_match_indices():

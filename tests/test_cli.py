@@ -25,7 +25,9 @@ def test_top_level_help_lists_every_command_and_imports_no_torch():
         "r = CliRunner().invoke(main, ['--help']); assert r.exit_code == 0, r.output; "
         "print(r.output); print('TORCH', 'torch' in sys.modules, 'zarr' in sys.modules)"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
     assert "TORCH False False" in out
     for name in main.commands:
         assert name in out

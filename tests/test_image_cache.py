@@ -98,27 +98,12 @@ def test_read_fancy_indices_any_order(built, dense_read, monkeypatch):
         cache.read([1, 10])
 
 
-def test_parallel_workers_write_the_same_store(dataset, built, tmp_path):
+def test_parallel_workers_write_the_same_store(dataset, built, tmp_path, bars):
     df, root, _ = dataset
     *_, serial = built
 
-    class Bar:
-        total, done = None, 0
-
-        def update(self, n):
-            self.done += n
-
-        def close(self):
-            pass
-
-    bar = Bar()
-
-    def factory(total, desc):
-        bar.total = total
-        return bar
-
     summary = build_image_cache(
-        df, root, tmp_path / "p.zarr", CFG, workers=2, shard_rows=4, progress=factory
+        df, root, tmp_path / "p.zarr", CFG, workers=2, shard_rows=4, progress=bars
     )
     parallel = open_images(tmp_path / "p.zarr")
     np.testing.assert_array_equal(parallel.read(slice(None)), serial.read(slice(None)))
@@ -127,6 +112,7 @@ def test_parallel_workers_write_the_same_store(dataset, built, tmp_path):
         summary["failures"]
         == build_image_cache(df, root, tmp_path / "p.zarr", CFG, workers=2)["failures"]
     )
+    (bar,) = bars
     assert bar.total == 10 and bar.done == 10
 
 

@@ -172,7 +172,7 @@ def _store(path, x, labels, split, findings):
     return create_embeddings(path, meta, {"cls": x, "mean": x[:, ::-1].copy()}, dtype="float32")
 
 
-def test_grid_is_chosen_on_validation_not_test(tmp_path):
+def test_grid_is_chosen_on_validation_not_test(tmp_path, bars):
     """Test = validation rows with labels flipped, so the best C on test is the worst on validation."""
     rng = np.random.default_rng(8)
     n_train, n_val, dim = 60, 200, 30
@@ -186,8 +186,11 @@ def test_grid_is_chosen_on_validation_not_test(tmp_path):
     summary = run_probe(
         ProbeConfig(
             store=tmp_path / "emb.zarr", out=tmp_path / "p.json", grid=cs, device="cpu", tol=1e-6
-        )
+        ),
+        progress=bars,
     )
+    (bar,) = bars  # one solver pass, counted in iterations
+    assert bar.desc == "fitting grid" and bar.closed and bar.done > 1
 
     scaler = Standardizer.fit(x[:n_train])
     x_tr, x_val = scaler.apply(x[:n_train]).numpy(), scaler.apply(x[n_train:]).numpy()

@@ -8,6 +8,7 @@ scikit-learn on the written predictions) for the probe or the fine-tune.
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 from pathlib import Path
@@ -43,15 +44,18 @@ def readme_commands() -> list[list[str]]:
 @pytest.fixture(scope="module")
 def readme_run(tmp_path_factory) -> tuple[Path, dict[str, str]]:
     """Run every README command in a fresh folder; the study TOML is written as study.toml."""
-    folder = tmp_path_factory.mktemp("readme")
-    outputs, runner = {}, CliRunner()
-    with runner.isolated_filesystem(temp_dir=folder) as cwd:
-        (Path(cwd) / "study.toml").write_text(readme_blocks("toml")[0])
+    cwd = tmp_path_factory.mktemp("readme")
+    (cwd / "study.toml").write_text(readme_blocks("toml")[0])
+    outputs, runner, previous = {}, CliRunner(), os.getcwd()
+    os.chdir(cwd)
+    try:
         for args in readme_commands():
             result = runner.invoke(main, args, catch_exceptions=False)
             assert result.exit_code == 0, f"cxrprobe {shlex.join(args)}\n{result.output}"
             outputs[shlex.join(args)] = result.output
-        return Path(cwd), outputs
+    finally:
+        os.chdir(previous)
+    return cwd, outputs
 
 
 @pytest.mark.slow
@@ -80,9 +84,13 @@ def test_demo_detects_its_planted_findings(readme_run):
             best[finding] = max(best.get(finding, 0.0), score)
     assert best["cardiomegaly"] > 0.8 and best["pleural_effusion"] > 0.8, best
     demo_output = next(out for key, out in outputs.items() if key.startswith("demo "))
-    for expected in ("Models: tiny randomly initialised ViTs", "per finding", "Comparisons (B − A)",
-                     "is better" if "is better" in demo_output else "No significant difference",
-                     "study report"):
+    for expected in (
+        "Models: tiny randomly initialised ViTs",
+        "per finding",
+        "Comparisons (B − A)",
+        "is better" if "is better" in demo_output else "No significant difference",
+        "study report",
+    ):
         assert expected in demo_output
 
 

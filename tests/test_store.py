@@ -26,7 +26,13 @@ def _meta(n: int, findings=("cardiomegaly", "pleural_effusion")) -> RowMetadata:
 
 def _make(path, n=10, **kw):
     return RowStore.open_or_create(
-        path, kind="test", metadata=_meta(n), arrays=SPEC, shard_rows=4, identity={"model": "a"}, **kw
+        path,
+        kind="test",
+        metadata=_meta(n),
+        arrays=SPEC,
+        shard_rows=4,
+        identity={"model": "a"},
+        **kw,
     )
 
 
@@ -76,17 +82,32 @@ def test_mismatched_identity_or_rows_refused(tmp_path):
     _fill(_make(tmp_path / "s.zarr"), [0])
     with pytest.raises(StoreMismatchError, match="model: store has 'a', this run has 'b'"):
         RowStore.open_or_create(
-            tmp_path / "s.zarr", kind="test", metadata=_meta(10), arrays=SPEC, shard_rows=4, identity={"model": "b"}
+            tmp_path / "s.zarr",
+            kind="test",
+            metadata=_meta(10),
+            arrays=SPEC,
+            shard_rows=4,
+            identity={"model": "b"},
         )
     other = _meta(10)
     other.ids[3] = "zzz"
     with pytest.raises(StoreMismatchError, match="row 3: ids"):
         RowStore.open_or_create(
-            tmp_path / "s.zarr", kind="test", metadata=other, arrays=SPEC, shard_rows=4, identity={"model": "a"}
+            tmp_path / "s.zarr",
+            kind="test",
+            metadata=other,
+            arrays=SPEC,
+            shard_rows=4,
+            identity={"model": "a"},
         )
     rebuilt = RowStore.open_or_create(
-        tmp_path / "s.zarr", kind="test", metadata=other, arrays=SPEC, shard_rows=4,
-        identity={"model": "b"}, overwrite=True,
+        tmp_path / "s.zarr",
+        kind="test",
+        metadata=other,
+        arrays=SPEC,
+        shard_rows=4,
+        identity={"model": "b"},
+        overwrite=True,
     )
     assert rebuilt.pending_shards() == [0, 1, 2]
 
@@ -96,7 +117,12 @@ def test_append_rows_redoes_only_partial_last_shard(tmp_path):
     _fill(store, [0, 1, 2])
     store.finalize()
     grown = RowStore.open_or_create(
-        tmp_path / "s.zarr", kind="test", metadata=_meta(15), arrays=SPEC, shard_rows=4, identity={"model": "a"}
+        tmp_path / "s.zarr",
+        kind="test",
+        metadata=_meta(15),
+        arrays=SPEC,
+        shard_rows=4,
+        identity={"model": "a"},
     )
     assert grown.n_rows == 15 and not grown.is_complete
     assert grown.pending_shards() == [2, 3]

@@ -92,8 +92,14 @@ def test_dry_run_lists_every_step_with_its_command(study_dir):
     assert result.exit_code == 0, result.output
     keys = [line.split("] ")[1] for line in result.output.splitlines() if line.startswith("[")]
     assert keys == [
-        "syn/manifest", "syn/preprocess", "syn/p14/extract", "syn/p14/probe", "syn/p14/finetune",
-        "syn/b16/extract", "syn/b16/probe", "syn/compare/p14/probe_vs_b16/probe",
+        "syn/manifest",
+        "syn/preprocess",
+        "syn/p14/extract",
+        "syn/p14/probe",
+        "syn/p14/finetune",
+        "syn/b16/extract",
+        "syn/b16/probe",
+        "syn/compare/p14/probe_vs_b16/probe",
         "syn/compare/p14/finetune_vs_p14/probe",
     ]
     assert "cxrprobe extract --init random --arch vit_base_patch14_dinov2" in result.output
@@ -125,7 +131,9 @@ def test_rerun_skips_finished_steps_and_changed_settings_are_refused(ran, study_
     assert {p: p.stat().st_mtime_ns for p in (run / ".steps").iterdir()} == before
 
     changed = study_dir / "changed.toml"
-    changed.write_text(CONFIG.format(tiny=TINY, tiny16=TINY16).replace("[0.01, 1.0, 100.0]", "[0.1, 10.0]"))
+    changed.write_text(
+        CONFIG.format(tiny=TINY, tiny16=TINY16).replace("[0.01, 1.0, 100.0]", "[0.1, 10.0]")
+    )
     refused = CliRunner().invoke(main, ["study", str(changed)])
     assert refused.exit_code == 2
     assert "step syn/p14/probe already ran with different settings (grid)" in refused.output

@@ -288,7 +288,6 @@ def test_bad_image_format_and_contradictory_anatomy(tmp_path):
         render_radiograph(np.random.default_rng(0), {"cardiomegaly": True}, anatomy=normal)
 
 
-def test_progress_called_once_per_image(tmp_path):
-    calls = []
-    generate_dataset(tmp_path, n=4, size=32, progress=calls.append)
-    assert calls == [1, 1, 1, 1]
+def test_progress_bar_counts_every_image(tmp_path, bars):
+    generate_dataset(tmp_path, n=4, size=32, progress=bars)
+    assert [(b.total, b.done, b.closed) for b in bars] == [(4, 4, True)]

@@ -25,17 +25,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from cxrprobe.cache.distributed import (
-    barrier,
-    close_group,
-    init_group,
-    ranks_from_env,
-    resolve_device,
-    run_on_main,
-)
+from cxrprobe.cache.distributed import run_on_main
 from cxrprobe.cache.embeddings import FEATURES, KIND, embedding_layout
 from cxrprobe.cache.pipeline import Extractor
 from cxrprobe.cache.store import RowMetadata, RowStore
+from cxrprobe.devices import barrier, torchrun_context
 from cxrprobe.errors import ConfigError
 from cxrprobe.progress import ProgressFactory
 from cxrprobe.provenance import now_utc, versions
@@ -166,10 +160,8 @@ def extract_embeddings(
     if batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
     source = open_source(images, manifest, root, preprocess, img_size)
-    ranks = ranks_from_env()
-    dev = resolve_device(device, ranks)
-    ranks = init_group(ranks, dev)
-    try:
+    with torchrun_context(device) as ctx:
+        dev = ctx.device
         model, spec = create_model(
             init, weights, img_size=img_size, arch=arch, model_kwargs=model_kwargs
         )
@@ -180,7 +172,7 @@ def extract_embeddings(
             "model": spec.to_dict(),
             "versions": versions(),
             "device": _device_name(dev),
-            "world_size": ranks.world_size,
+            "world_size": ctx.world_size,
             "batch_size": batch_size,
             "compile": bool(compile),
             "created": now_utc(),
@@ -201,34 +193,32 @@ def extract_embeddings(
             return {"pending": store.pending_shards(), "shards": store.n_shards}
 
         started = time.perf_counter()
-        todo = run_on_main(ranks, plan)
+        todo = run_on_main(ctx, plan)
         store = RowStore.open(out, mode="r+", kind=KIND)
-        mine = todo["pending"][ranks.rank :: ranks.world_size]
+        mine = todo["pending"][ctx.rank :: ctx.world_size]
         planned = time.perf_counter()
         timings = Extractor(store, model, spec, layers, dtype, dev, batch_size, compile).run(
-            source.dataset, mine, _workers(num_workers, dev), progress if ranks.is_main else None
+            source.dataset, mine, _workers(num_workers, dev), progress if ctx.is_main else None
         )
-        barrier(ranks)
+        barrier(ctx)
         computed = sum(_shard_len(store, s) for s in todo["pending"])
         finishing = time.perf_counter()
         summary = run_on_main(
-            ranks, lambda: _finalize(store, source, computed, time.perf_counter() - started)
+            ctx, lambda: _finalize(store, source, computed, time.perf_counter() - started)
         )
         timings.update(
             plan_seconds=planned - started, finalize_seconds=time.perf_counter() - finishing
         )
-    finally:
-        close_group(ranks)
     result = {
         **summary,
         "shards": todo["shards"],
         "shards_resumed": todo["shards"] - len(todo["pending"]),
-        "world_size": ranks.world_size,
+        "world_size": ctx.world_size,
         "device": _device_name(dev),
         "model": spec.to_dict(),
         "timings": timings,
     }
-    if ranks.is_main:
+    if ctx.is_main:
         log.info(describe(result))
     return result
 

@@ -26,7 +26,6 @@ WRITE_QUEUE = 2  # finished shards waiting for the writer; bounds host memory
 COPY_DEPTH = 3  # batches in flight between device and host on CUDA
 
 
-
 def embed(model: Any, x: Any, layers: int, num_prefix_tokens: int) -> dict[str, Any]:
     """One batch (B, 3, S, S) → ``cls`` (B, D), ``mean`` (B, D) and, if ``layers``, (B, N, D).
 

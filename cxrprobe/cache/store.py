@@ -67,7 +67,9 @@ class RowMetadata:
         n = len(self.ids)
         for name in ("split", "patient_id", "labels"):
             if len(getattr(self, name)) != n:
-                raise DataFormatError(f"row metadata: {name} has {len(getattr(self, name))} rows, ids has {n}")
+                raise DataFormatError(
+                    f"row metadata: {name} has {len(getattr(self, name))} rows, ids has {n}"
+                )
         if self.labels.ndim != 2 or self.labels.shape[1] != len(self.findings):
             raise DataFormatError(
                 f"row metadata: labels shape {self.labels.shape} does not match {len(self.findings)} findings"
@@ -92,7 +94,9 @@ class RowMetadata:
 
     def head(self, n: int) -> RowMetadata:
         """The first ``n`` rows."""
-        return RowMetadata(self.ids[:n], self.split[:n], self.patient_id[:n], self.labels[:n], self.findings)
+        return RowMetadata(
+            self.ids[:n], self.split[:n], self.patient_id[:n], self.labels[:n], self.findings
+        )
 
     def first_difference(self, other: RowMetadata) -> str | None:
         """Describe the first row/column where two metadata tables differ, or None if equal."""
@@ -116,7 +120,10 @@ class RowMetadata:
 
 def _strings(values: Iterable[Any]) -> np.ndarray:
     """Strings as a numpy unicode array; missing values become ''."""
-    return np.array(["" if v is None or (isinstance(v, float) and np.isnan(v)) else str(v) for v in values], dtype=str)
+    return np.array(
+        ["" if v is None or (isinstance(v, float) and np.isnan(v)) else str(v) for v in values],
+        dtype=str,
+    )
 
 
 class RowStore:
@@ -179,7 +186,9 @@ class RowStore:
             raise InputFileError(f"{path}: not a cxrprobe store (no zarr.json); check the path")
         group = zarr.open_group(str(path), mode=mode)
         if _ATTR not in group.attrs:
-            raise DataFormatError(f"{path}: a Zarr group but not a cxrprobe store (no '{_ATTR}' attributes)")
+            raise DataFormatError(
+                f"{path}: a Zarr group but not a cxrprobe store (no '{_ATTR}' attributes)"
+            )
         store = cls(path, group)
         if kind is not None and store.kind != kind:
             raise DataFormatError(f"{path}: holds {store.kind!r}, expected a {kind!r} store")
@@ -206,8 +215,13 @@ class RowStore:
         path = Path(path)
         if overwrite or not path.exists():
             return cls.create(
-                path, kind=kind, metadata=metadata, arrays=arrays, shard_rows=shard_rows,
-                identity=identity, provenance=provenance,
+                path,
+                kind=kind,
+                metadata=metadata,
+                arrays=arrays,
+                shard_rows=shard_rows,
+                identity=identity,
+                provenance=provenance,
             )
         store = cls.open(path, mode="r+", kind=kind)
         store._check_identity(identity)
@@ -260,12 +274,18 @@ class RowStore:
         chunk = min(n, 65536)
         for name in ("ids", "split", "patient_id"):
             values = getattr(metadata, name)
-            arr = self.group.create_array(name, shape=(len(values),), chunks=(chunk,), dtype=str, overwrite=True)
+            arr = self.group.create_array(
+                name, shape=(len(values),), chunks=(chunk,), dtype=str, overwrite=True
+            )
             if len(values):
                 arr[:] = values
         labels = self.group.create_array(
-            "labels", shape=metadata.labels.shape, chunks=(chunk, max(metadata.labels.shape[1], 1)),
-            dtype="float32", fill_value=np.nan, overwrite=True,
+            "labels",
+            shape=metadata.labels.shape,
+            chunks=(chunk, max(metadata.labels.shape[1], 1)),
+            dtype="float32",
+            fill_value=np.nan,
+            overwrite=True,
         )
         if len(metadata):
             labels[:] = metadata.labels
@@ -363,7 +383,9 @@ class RowStore:
         done = self.done_shards()
         return [s for s in range(self.n_shards) if s not in done]
 
-    def write_shard(self, shard: int, data: Mapping[str, np.ndarray], failures: Mapping[int, str]) -> None:
+    def write_shard(
+        self, shard: int, data: Mapping[str, np.ndarray], failures: Mapping[int, str]
+    ) -> None:
         """Write one whole shard of every data array, then its done record.
 
         ``failures`` maps absolute row index → reason for rows that could not be computed; their
@@ -372,17 +394,27 @@ class RowStore:
         rows = self.shard_slice(shard)
         expected = {spec.name for spec in self.array_specs}
         if set(data) != expected:
-            raise DataFormatError(f"shard {shard}: got arrays {sorted(data)}, store has {sorted(expected)}")
+            raise DataFormatError(
+                f"shard {shard}: got arrays {sorted(data)}, store has {sorted(expected)}"
+            )
         for name, values in data.items():
             if len(values) != rows.stop - rows.start:
-                raise DataFormatError(f"shard {shard}: {name} has {len(values)} rows, shard has {rows.stop - rows.start}")
+                raise DataFormatError(
+                    f"shard {shard}: {name} has {len(values)} rows, shard has {rows.stop - rows.start}"
+                )
             self.group[name][rows] = values
         bad = [int(r) for r in failures if not rows.start <= int(r) < rows.stop]
         if bad:
-            raise DataFormatError(f"shard {shard}: failure rows {bad[:3]} lie outside rows {rows.start}-{rows.stop - 1}")
+            raise DataFormatError(
+                f"shard {shard}: failure rows {bad[:3]} lie outside rows {rows.start}-{rows.stop - 1}"
+            )
         atomic_write_json(
             self._done_record_path(shard),
-            {"shard": shard, "rows": [rows.start, rows.stop], "failures": {str(k): v for k, v in failures.items()}},
+            {
+                "shard": shard,
+                "rows": [rows.start, rows.stop],
+                "failures": {str(k): v for k, v in failures.items()},
+            },
         )
 
     def failures(self) -> dict[int, str]:
@@ -405,14 +437,20 @@ class RowStore:
         failed = np.zeros(self.n_rows, dtype=bool)
         failed[list(failures)] = True
         arr = self.group.create_array(
-            "failed", shape=(self.n_rows,), chunks=(max(1, min(self.n_rows, 1 << 20)),), dtype=bool, overwrite=True
+            "failed",
+            shape=(self.n_rows,),
+            chunks=(max(1, min(self.n_rows, 1 << 20)),),
+            dtype=bool,
+            overwrite=True,
         )
         if self.n_rows:
             arr[:] = failed
         ids = self.strings("ids")
         summary = {
             "rows": self.n_rows,
-            "failures": [{"row": r, "image_id": str(ids[r]), "reason": failures[r]} for r in sorted(failures)],
+            "failures": [
+                {"row": r, "image_id": str(ids[r]), "reason": failures[r]} for r in sorted(failures)
+            ],
             "finalized": now_utc(),
         }
         self._set_attrs(complete=True, **summary, **(extra_attrs or {}))

@@ -3,75 +3,29 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
-from typing import Any
 
 import click
 
-from cxrprobe.cli._common import library_errors, progress, record
+from cxrprobe.cli._common import (
+    check_image_source,
+    device_option,
+    image_source_options,
+    library_errors,
+    model_options,
+    progress,
+    raw_preprocess,
+    record,
+)
+from cxrprobe.devices import is_main_rank
 
 SHOWN_FAILURES = 5
 FAILURES_FILE = "failures.json"
 
 
-def _is_main_rank() -> bool:
-    return int(os.environ.get("RANK", 0)) == 0
-
-
-def _model_kwargs(value: str | None) -> dict[str, Any] | None:
-    if value is None:
-        return None
-    try:
-        parsed = json.loads(value)
-    except json.JSONDecodeError as exc:
-        raise click.BadParameter(
-            f"not valid JSON ({exc.msg}); e.g. '{{\"depth\": 2}}'", param_hint="--model-kwargs"
-        ) from exc
-    if not isinstance(parsed, dict):
-        raise click.BadParameter(
-            "must be a JSON object, e.g. '{\"depth\": 2}'", param_hint="--model-kwargs"
-        )
-    return parsed
-
-
 @click.command()
-@click.option(
-    "--init",
-    "init",
-    required=True,
-    help="Initialisation: dinov2, dinov2-reg, imagenet, mimic, random, timm:NAME, or a checkpoint file.",
-)
-@click.option(
-    "--weights",
-    type=click.Path(path_type=Path, dir_okay=False),
-    default=None,
-    help="Weights file (safetensors, timm state dict or original DINOv2 .pth); default: the hub's.",
-)
-@click.option(
-    "--images",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="Preprocessed image cache (from cxrprobe preprocess): the fast path.",
-)
-@click.option(
-    "--manifest",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="Manifest (Parquet or CSV) to read raw image files instead of a cache.",
-)
-@click.option(
-    "--root",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="Folder the manifest's relative paths start from (with --manifest).",
-)
-@click.option(
-    "--preset",
-    type=click.Choice(["default", "paper"]),
-    default=None,
-    help="Preprocessing of raw files (with --manifest; default: 'default'), at --size.",
-)
+@model_options()
+@image_source_options()
 @click.option(
     "--out",
     required=True,
@@ -113,12 +67,7 @@ def _model_kwargs(value: str | None) -> dict[str, Any] | None:
     default=None,
     help="DataLoader worker processes (default: up to 8 per GPU, 2 on CPU).",
 )
-@click.option(
-    "--device",
-    default="auto",
-    show_default=True,
-    help="auto, cpu, cuda or cuda:N (torchrun: each rank's GPU).",
-)
+@device_option("torchrun: each rank's GPU")
 @click.option(
     "--compile",
     "compile_",
@@ -129,14 +78,6 @@ def _model_kwargs(value: str | None) -> dict[str, Any] | None:
     "--overwrite", is_flag=True, help="Rebuild OUT even if it was made with other settings."
 )
 @click.option(
-    "--arch", default=None, help="timm architecture for --init mimic/random or a checkpoint file."
-)
-@click.option(
-    "--model-kwargs",
-    default=None,
-    help="JSON object of timm model overrides, e.g. '{\"depth\": 2}'.",
-)
-@click.option(
     "--shard-rows",
     type=click.IntRange(min=1),
     default=None,
@@ -145,6 +86,8 @@ def _model_kwargs(value: str | None) -> dict[str, Any] | None:
 def extract(
     init,
     weights,
+    arch,
+    model_kwargs,
     images,
     manifest,
     root,
@@ -158,8 +101,6 @@ def extract(
     device,
     compile_,
     overwrite,
-    arch,
-    model_kwargs,
     shard_rows,
 ) -> None:
     """Write frozen ViT embeddings of every image (CLS token and patch mean) to a Zarr store.
@@ -177,15 +118,10 @@ def extract(
         torchrun --nproc_per_node 8 --no-python cxrprobe extract --init imagenet --images images.zarr --out emb.zarr
     """
     from cxrprobe.cache.extract import describe, extract_embeddings
-    from cxrprobe.data.preprocess import PRESETS
 
-    kwargs = _model_kwargs(model_kwargs)
+    check_image_source(images, manifest, root=root, preset=preset)
     with library_errors():
-        if images is not None and (root is not None or preset is not None):
-            raise click.UsageError(
-                "--root and --preset go with --manifest (raw files), not with --images"
-            )
-        cfg = PRESETS[preset or "default"] if manifest is not None else None
+        cfg = raw_preprocess(preset, img_size) if manifest is not None else None
         summary = extract_embeddings(
             out,
             init=init,
@@ -204,10 +140,10 @@ def extract(
             overwrite=overwrite,
             shard_rows=shard_rows,
             arch=arch,
-            model_kwargs=kwargs,
+            model_kwargs=model_kwargs,
             progress=progress,
         )
-    if not _is_main_rank():
+    if not is_main_rank():
         return
     from cxrprobe.provenance import atomic_write_json
 
@@ -233,7 +169,7 @@ def extract(
             "compile": compile_,
             "overwrite": overwrite,
             "arch": arch,
-            "model_kwargs": kwargs,
+            "model_kwargs": model_kwargs,
             "shard_rows": shard_rows,
             "result": {
                 **{k: v for k, v in summary.items() if k != "failures"},

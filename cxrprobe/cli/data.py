@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from cxrprobe.cli._common import library_errors, progress
+from cxrprobe.cli._common import library_errors, progress, seed_option
 
 _READER_OPTIONS = ("labels_csv", "column_map", "aggregation", "labeler")
 
@@ -112,7 +112,7 @@ def _summary_table(summary: Any) -> str:
     show_default=True,
     help="Share of patients in test (random split only).",
 )
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the patient split.")
+@seed_option("Seed of the patient split.")
 @click.option(
     "--check-files", is_flag=True, help="Fail if any listed image is missing under the root."
 )

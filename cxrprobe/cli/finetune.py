@@ -2,88 +2,29 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import click
 
-from cxrprobe.cli._common import library_errors, progress
+from cxrprobe.cli._common import (
+    check_image_source,
+    device_option,
+    image_source_options,
+    library_errors,
+    model_options,
+    progress_in,
+    raw_preprocess,
+    seed_option,
+)
+from cxrprobe.devices import is_main_rank
 
 _DEFAULT_WORKERS = min(4, os.cpu_count() or 1)
 
 
-def _model_kwargs(ctx: click.Context, param: click.Parameter, value: str | None) -> dict:
-    if value is None:
-        return {}
-    try:
-        parsed = json.loads(value)
-    except json.JSONDecodeError as exc:
-        raise click.BadParameter(
-            f"not valid JSON ({exc.msg}); e.g. '{{\"drop_rate\": 0.1}}'"
-        ) from exc
-    if not isinstance(parsed, dict):
-        raise click.BadParameter("must be a JSON object of timm constructor options")
-    return parsed
-
-
 @click.command()
-@click.option(
-    "--init",
-    default="dinov2",
-    show_default=True,
-    help="Initialisation: dinov2, dinov2-reg, imagenet, mimic, random, timm:NAME or a checkpoint path.",
-)
-@click.option(
-    "--weights",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="Weights file for the initialisation (safetensors or a state dict).",
-)
-@click.option(
-    "--arch", default=None, help="timm architecture for mimic, random or a checkpoint path."
-)
-@click.option(
-    "--model-kwargs",
-    callback=_model_kwargs,
-    default=None,
-    help="JSON object of timm constructor options (e.g. '{\"depth\": 2}').",
-)
-@click.option(
-    "--images",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="Image cache from `cxrprobe preprocess` (Zarr folder).",
-)
-@click.option(
-    "--manifest",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="Manifest to read raw image files instead of a cache (slower).",
-)
-@click.option(
-    "--root",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="Folder the manifest's relative paths start from (with --manifest).",
-)
-@click.option(
-    "--preset",
-    type=click.Choice(["default", "paper"]),
-    default=None,
-    help="Preprocessing of raw files (with --manifest), as in `cxrprobe preprocess` [default: default].",
-)
-@click.option(
-    "--aspect",
-    type=click.Choice(["stretch", "pad", "crop"]),
-    default=None,
-    help="Aspect policy for raw files (default: the preset's).",
-)
-@click.option(
-    "--equalize/--no-equalize",
-    default=None,
-    help="Histogram-equalise raw files (default: the preset's).",
-)
+@model_options(init_default="dinov2")
+@image_source_options(raw_settings=True)
 @click.option(
     "--size",
     type=click.IntRange(min=8),
@@ -178,7 +119,7 @@ def _model_kwargs(ctx: click.Context, param: click.Parameter, value: str | None)
     show_default=True,
     help="Stop after this many epochs without a better validation mean AUROC (0: never).",
 )
-@click.option("--seed", type=int, default=0, show_default=True)
+@seed_option("Seed of the data order, augmentation, head initialisation and dropout.")
 @click.option(
     "--num-workers",
     type=click.IntRange(min=0),
@@ -186,12 +127,7 @@ def _model_kwargs(ctx: click.Context, param: click.Parameter, value: str | None)
     show_default=True,
     help="Data loader worker processes per training process.",
 )
-@click.option(
-    "--device",
-    default="auto",
-    show_default=True,
-    help="auto, cpu, cuda or cuda:N (torchrun: the local rank's GPU).",
-)
+@device_option("torchrun: the local rank's GPU")
 @click.option(
     "--stop-after",
     type=click.IntRange(min=1),
@@ -282,25 +218,7 @@ def finetune(
     from cxrprobe.probe.finetune import finetune as run_finetune
     from cxrprobe.probe.finetune_outputs import format_summary
 
-    if images is None and manifest is None:
-        raise click.UsageError(
-            "give the images: --images CACHE (from `cxrprobe preprocess`) or --manifest M --root DIR"
-        )
-    if images is not None and manifest is not None:
-        raise click.UsageError(
-            "--images and --manifest exclude each other: train on the cache or on raw files, not both"
-        )
-    raw_only = {
-        "--root": root,
-        "--preset": preset,
-        "--aspect": aspect,
-        "--equalize/--no-equalize": equalize,
-    }
-    given = [name for name, value in raw_only.items() if value is not None]
-    if given and manifest is None:
-        raise click.UsageError(
-            f"{', '.join(given)} only apply to raw files (--manifest); the cache was preprocessed already"
-        )
+    check_image_source(images, manifest, root=root, preset=preset, aspect=aspect, equalize=equalize)
     config = FinetuneConfig(
         init=init,
         weights=None if weights is None else str(weights),
@@ -334,36 +252,23 @@ def finetune(
         val_split=val_split,
         test_split=test_split,
     )
-    main_rank = int(os.environ.get("RANK", "0")) == 0
     with library_errors():
         if images is not None:
             source = from_cache(images)
         else:
-            source = from_manifest(
-                manifest, root, _preprocess_config(preset, size, aspect, equalize)
-            )
+            source = from_manifest(manifest, root, raw_preprocess(preset, size, aspect, equalize))
         result = run_finetune(
             config,
             source,
             out,
             resume=resume,
             overwrite=overwrite,
-            progress=lambda total, desc: progress(total, desc, unit="step"),
+            progress=progress_in("step"),
         )
-    if main_rank:
+    if is_main_rank():
         click.echo(format_summary(result.summary))
         if result.finished:
             click.echo(f"wrote {out / 'predictions.json'} (test split) and {out / 'summary.json'}")
-
-
-def _preprocess_config(preset: str | None, size: int, aspect: str | None, equalize: bool | None):
-    from dataclasses import replace
-
-    from cxrprobe.data.preprocess import PRESETS
-
-    preset = preset or "default"
-    overrides = {"size": size, "aspect": aspect, "equalize": equalize}
-    return replace(PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None})
 
 
 COMMANDS = [finetune]

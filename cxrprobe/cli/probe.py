@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from cxrprobe.cli._common import library_errors, progress
+from cxrprobe.cli._common import device_option, library_errors, progress_in, seed_option
 
 _DEFAULT_GRID = "1e-6:1e5:45"
 
@@ -56,12 +56,7 @@ def _ints(value: str) -> tuple[int, ...]:
     show_default=True,
     help="Linear solver: batched L-BFGS in torch, scikit-learn, or RAPIDS cuML (the gpu extra).",
 )
-@click.option(
-    "--device",
-    default="auto",
-    show_default=True,
-    help="auto, cpu, cuda or cuda:N (torch backend, kNN).",
-)
+@device_option("torch backend, kNN")
 @click.option(
     "--grid",
     default=_DEFAULT_GRID,
@@ -117,7 +112,7 @@ def _ints(value: str) -> tuple[int, ...]:
     default=None,
     help="Hold out this fraction of training patients as validation (for data without a val split).",
 )
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of --val-fraction.")
+@seed_option("Seed of --val-fraction.")
 @click.option(
     "--k", "ks", default="10,20,100,200", show_default=True, help="kNN neighbour counts to try."
 )
@@ -219,15 +214,7 @@ def probe(
             tol=tol,
             eval_only=eval_only,
         )
-        with progress(None, "fitting grid", unit="iter") as bar:
-
-            def tick(stage: str, iteration: int, active: int) -> None:
-                if iteration < bar.n:  # a new pass (the train+val refit)
-                    bar.reset()
-                bar.set_postfix(active=active, refresh=False)
-                bar.update(iteration - bar.n)
-
-            summary = run_probe(config, progress=tick)
+        summary = run_probe(config, progress=progress_in("iter"))
     atomic_write_json(
         output_paths(out)["run"],
         run_record(

@@ -6,7 +6,14 @@ from pathlib import Path
 
 import click
 
-from cxrprobe.cli._common import library_errors, progress, record
+from cxrprobe.cli._common import (
+    device_option,
+    library_errors,
+    progress_in,
+    record,
+    seed_option,
+    stack_options,
+)
 
 _FILE = click.Path(dir_okay=False, path_type=Path)
 
@@ -22,13 +29,7 @@ def _bootstrap_options(command):
             show_default=True,
             help="Bootstrap resamples.",
         ),
-        click.option(
-            "--seed",
-            type=click.IntRange(min=0),
-            default=0,
-            show_default=True,
-            help="Seed of the resample draws (written into the report).",
-        ),
+        seed_option("Seed of the resample draws (written into the report)."),
         click.option(
             "--cluster",
             type=click.Choice(["none", "patient"]),
@@ -36,13 +37,7 @@ def _bootstrap_options(command):
             show_default=True,
             help="Resample patients instead of images (needs patient ids).",
         ),
-        click.option(
-            "--device",
-            type=click.Choice(["auto", "cpu", "cuda"]),
-            default="auto",
-            show_default=True,
-            help="Where resamples are evaluated.",
-        ),
+        device_option("where resamples are evaluated"),
         click.option(
             "--ci",
             type=click.Choice(["percentile", "bca"]),
@@ -66,9 +61,7 @@ def _bootstrap_options(command):
         click.option("--out", type=_FILE, default=None, help="Write the JSON report here."),
         click.option("--markdown", type=_FILE, default=None, help="Write a markdown table."),
     ]
-    for option in reversed(options):
-        command = option(command)
-    return command
+    return stack_options(*options)(command)
 
 
 def _options(kw: dict):
@@ -141,16 +134,15 @@ def compare(file_a: Path, file_b: Path, **kw) -> None:
     }
     with library_errors():
         options = _options(kw)
-        with progress(kw["resamples"], "bootstrap", unit="resample") as bar:
-            report = compare_files(
-                file_a,
-                file_b,
-                options,
-                align=kw["align"],
-                validation_a=kw["validation_a"],
-                validation_b=kw["validation_b"],
-                on_progress=bar.update,
-            )
+        report = compare_files(
+            file_a,
+            file_b,
+            options,
+            align=kw["align"],
+            validation_a=kw["validation_a"],
+            validation_b=kw["validation_b"],
+            progress=progress_in("resample"),
+        )
         _show(report)
         _write_outputs(report, "compare", config, kw["out"], kw["markdown"], kw["plot"])
 
@@ -177,10 +169,9 @@ def evaluate(file: Path, **kw) -> None:
     config = {"file": str(file), **{k: str(v) if isinstance(v, Path) else v for k, v in kw.items()}}
     with library_errors():
         options = _options(kw)
-        with progress(kw["resamples"], "bootstrap", unit="resample") as bar:
-            report = evaluate_file(
-                file, options, validation=kw["validation"], on_progress=bar.update
-            )
+        report = evaluate_file(
+            file, options, validation=kw["validation"], progress=progress_in("resample")
+        )
         _show(report)
         _write_outputs(report, "evaluate", config, kw["out"], kw["markdown"])
 

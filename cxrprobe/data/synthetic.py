@@ -24,7 +24,7 @@ from __future__ import annotations
 import csv
 import io
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +36,7 @@ from cxrprobe.data.findings import in_vocabulary_order
 from cxrprobe.data.manifest import BASE_COLUMNS, SPLITS
 from cxrprobe.data.synthetic_render import chest_density, expose
 from cxrprobe.errors import ConfigError
+from cxrprobe.progress import ProgressFactory, start_bar
 from cxrprobe.provenance import atomic_write_bytes, atomic_write_text
 
 SYNTHETIC_FINDINGS: tuple[str, ...] = (
@@ -182,7 +183,7 @@ def generate_dataset(
     prevalence: Mapping[str, float] | None = None,
     image_format: str = "png",
     split: Sequence[float] | Mapping[str, float] | None = None,
-    progress: Callable[[int], None] | None = None,
+    progress: ProgressFactory | None = None,
 ) -> Path:
     """Write ``n`` synthetic radiographs and their labels; return the path of ``labels.csv``.
 
@@ -193,7 +194,7 @@ def generate_dataset(
     fractions (train, val, test) assigned per patient. Every file is written atomically (a
     temporary file then a rename) and the CSV last, so an interrupted run leaves no half files
     and no labels pointing at missing images (a ``labels.csv`` from an earlier run is removed
-    first). ``progress`` is called with 1 after each image.
+    first). ``progress(total, desc)`` makes the bar (see :mod:`cxrprobe.progress`).
     """
     if image_format not in IMAGE_FORMATS:
         raise ConfigError(
@@ -205,6 +206,7 @@ def generate_dataset(
     splits = assign_splits([im.patient_id for im in plan], split, seed) if split is not None else {}
     (out_dir / "labels.csv").unlink(missing_ok=True)
     rows = []
+    bar = start_bar(progress, len(plan), "synthetic images")
     for image in plan:
         pixels = render_radiograph(
             np.random.default_rng(list(image.seed)),
@@ -216,8 +218,8 @@ def generate_dataset(
         relative = f"images/{image.image_id}{IMAGE_FORMATS[image_format]}"
         atomic_write_bytes(out_dir / relative, encode_image(pixels, image_format))
         rows.append(_manifest_row(image, relative, splits.get(image.patient_id, "")))
-        if progress is not None:
-            progress(1)
+        bar.update(1)
+    bar.close()
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(MANIFEST_COLUMNS)

@@ -1,85 +1,20 @@
-"""Data-parallel helpers for ``torchrun``: process group set-up, seeded sharding, gathers.
+"""Fine-tuning's data-parallel helpers on :mod:`cxrprobe.devices`: seeded sharding, gathers.
 
-One process per device. ``torchrun`` sets ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK``; without
-them everything runs as a single process and every collective is a no-op. NCCL is used on CUDA,
-gloo on CPU. Training rows are sharded like ``torch.utils.data.DistributedSampler``: one seeded
-permutation per epoch, padded by wrapping to a multiple of the world size, rank ``r`` taking every
-``world``-th entry from ``r``; so the ranks of one step together see exactly the rows one process
-would see in its global batch. Evaluation rows are strided without padding and gathered back in
-row order.
+One process per device (:func:`cxrprobe.devices.setup` joins the ``torchrun`` process group);
+outside torchrun every collective is a no-op. Training rows are sharded like
+``torch.utils.data.DistributedSampler``: one seeded permutation per epoch, padded by wrapping to a
+multiple of the world size, rank ``r`` taking every ``world``-th entry from ``r``; so the ranks of
+one step together see exactly the rows one process would see in its global batch. Evaluation rows
+are strided without padding and gathered back in row order.
 """
 
 from __future__ import annotations
-
-import os
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
-from cxrprobe.errors import ConfigError
-
-
-@dataclass(frozen=True)
-class DistContext:
-    """This process's place in the job: rank, world size and its device."""
-
-    rank: int
-    world_size: int
-    local_rank: int
-    device: torch.device
-
-    @property
-    def is_main(self) -> bool:
-        """Rank 0 writes checkpoints, logs and predictions."""
-        return self.rank == 0
-
-    @property
-    def distributed(self) -> bool:
-        return self.world_size > 1
-
-
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """``auto`` → ``cuda:LOCAL_RANK`` when CUDA is available, else CPU; ``cuda`` gets the local rank."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":
-        name = f"cuda:{local_rank}"
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"--device {name}: CUDA is not available here; use --device cpu")
-    return device
-
-
-def setup(device: str = "auto") -> DistContext:
-    """Join the ``torchrun`` process group when launched by it; otherwise a one-process context."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    dev = resolve_device(device, local_rank)
-    if world > 1 and not dist.is_initialized():
-        if dev.type == "cuda":
-            torch.cuda.set_device(dev)
-        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
-    return DistContext(rank=rank, world_size=world, local_rank=local_rank, device=dev)
-
-
-def teardown(ctx: DistContext, clean: bool = True) -> None:
-    """Leave the process group if this process joined one.
-
-    ``clean``: wait for the other ranks first. After an error there is no barrier (the other ranks
-    may be inside another collective); the process exits and ``torchrun`` stops the rest.
-    """
-    if ctx.distributed and dist.is_initialized():
-        if clean:
-            dist.barrier()
-        dist.destroy_process_group()
-
-
-def barrier(ctx: DistContext) -> None:
-    if ctx.distributed:
-        dist.barrier()
+from cxrprobe.devices import DistContext
 
 
 def shard_order(

@@ -28,6 +28,7 @@ from typing import Any
 from cxrprobe.errors import ConfigError
 from cxrprobe.probe.finetune_data import ImageSource, from_arrays, from_cache, from_manifest
 from cxrprobe.probe.finetune_run import FinetuneResult, FinetuneRun
+from cxrprobe.progress import ProgressFactory
 
 __all__ = [
     "FinetuneConfig",
@@ -128,26 +129,18 @@ def finetune(
     *,
     resume: bool = False,
     overwrite: bool = False,
-    progress: Any = None,
+    progress: ProgressFactory | None = None,
 ) -> FinetuneResult:
     """Fine-tune ``config.init`` on ``source`` into ``out_dir``; under ``torchrun`` one rank per device.
 
     ``resume`` continues from ``out_dir/checkpoints/last.pt`` (starting afresh when there is none);
     ``overwrite`` deletes a previous run's outputs first. ``progress(total, desc)`` makes a
-    tqdm-like bar (rank 0 only). Returns the summary and the per-epoch history.
+    bar (rank 0 only; see :mod:`cxrprobe.progress`). Returns the summary and the per-epoch history.
     """
-    from cxrprobe.probe.distributed import setup, teardown
+    from cxrprobe.devices import torchrun_context
 
     problems = config.problems()
     if problems:
         raise ConfigError("; ".join(problems))
-    ctx = setup(config.device)
-    try:
-        result = FinetuneRun(config, source, Path(out_dir), ctx, progress).execute(
-            resume, overwrite
-        )
-    except BaseException:
-        teardown(ctx, clean=False)
-        raise
-    teardown(ctx)
-    return result
+    with torchrun_context(config.device) as ctx:
+        return FinetuneRun(config, source, Path(out_dir), ctx, progress).execute(resume, overwrite)

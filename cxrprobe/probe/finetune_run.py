@@ -16,12 +16,14 @@ from typing import Any
 
 import numpy as np
 
+from cxrprobe.devices import DistContext, barrier
 from cxrprobe.errors import ConfigError, DataFormatError
 from cxrprobe.probe import finetune_outputs as outputs
 from cxrprobe.probe.checkpoint import load_checkpoint, save_checkpoint
-from cxrprobe.probe.distributed import DistContext, barrier, gather_objects
+from cxrprobe.probe.distributed import gather_objects
 from cxrprobe.probe.finetune_data import ImageSource
 from cxrprobe.probe.trainer import Plan, Trainer
+from cxrprobe.progress import ProgressFactory, start_bar
 from cxrprobe.provenance import atomic_write_json, write_run_record
 
 logger = logging.getLogger(__name__)
@@ -141,7 +143,7 @@ class FinetuneRun:
         source: ImageSource,
         out_dir: Path,
         ctx: DistContext,
-        progress: Any = None,
+        progress: ProgressFactory | None = None,
     ) -> None:
         self.config, self.source, self.out_dir, self.ctx = config, source, Path(out_dir), ctx
         self.progress = progress if ctx.is_main else None
@@ -235,17 +237,15 @@ class FinetuneRun:
         from cxrprobe.stats.auroc import auroc_report
 
         config, epoch = self.config, state.next_epoch
-        bar = None
-        if self.progress is not None:
-            bar = self.progress(
-                trainer.plan.steps_per_epoch * trainer.plan.accum_steps,
-                f"epoch {epoch + 1}/{config.epochs}",
-            )
+        bar = start_bar(
+            self.progress,
+            trainer.plan.steps_per_epoch * trainer.plan.accum_steps,
+            f"epoch {epoch + 1}/{config.epochs}",
+        )
         try:
             stats = trainer.train_epoch(epoch, bar)
         finally:
-            if bar is not None:
-                bar.close()
+            bar.close()
         if not math.isfinite(stats.loss):
             raise DataFormatError(
                 f"training diverged: loss {stats.loss} in epoch {epoch + 1}; lower --lr, add --clip-grad or use --precision fp32"

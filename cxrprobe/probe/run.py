@@ -13,13 +13,13 @@ Outputs for ``--out preds.json`` (or ``.npz``), side by side:
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from cxrprobe.devices import resolve_device
 from cxrprobe.errors import ConfigError, DataFormatError, StoreMismatchError
 from cxrprobe.probe.backends import DEFAULT_TOL, get_backend
 from cxrprobe.probe.knn import DEFAULT_KS, DEFAULT_TEMPERATURE
@@ -33,12 +33,12 @@ from cxrprobe.probe.linear import (
 )
 from cxrprobe.probe.splits import resolve_splits
 from cxrprobe.probe.summary import knn_grid, linear_grid, mean_or_none, per_finding
+from cxrprobe.progress import Bar, ProgressFactory, show_note, start_bar
 from cxrprobe.provenance import atomic_write_json, now_utc, sha256_file, versions
 from cxrprobe.stats.auroc import auroc
 
 METHODS = {"linear": "linear-probe", "knn": "knn"}
 BACKEND_NAMES = ("torch", "sklearn", "cuml")
-Progress = Callable[[str, int, int], None]
 _IDENTITY_IGNORED = ("dtype", "layers")  # storage details that do not change the features' meaning
 
 
@@ -122,25 +122,6 @@ def parse_grid(text: str) -> tuple[float, ...]:
         ) from exc
 
 
-def resolve_device(name: str) -> Any:
-    """``auto`` → CUDA when available else CPU; ``cpu``, ``cuda``, ``cuda:N``."""
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as exc:
-        raise ConfigError(
-            f"--device {name!r} is not a device; use auto, cpu, cuda or cuda:N"
-        ) from exc
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(
-            f"--device {name} asked for CUDA but none is available here; use --device cpu or auto"
-        )
-    return device
-
-
 def output_paths(out: Path) -> dict[str, Path]:
     """Where a run writes: predictions, weights, summary and run.json."""
     stem = out.with_suffix("")
@@ -205,10 +186,11 @@ def _config_dict(config: ProbeConfig) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------- workflows
-def run_probe(config: ProbeConfig, progress: Progress | None = None) -> dict[str, Any]:
+def run_probe(config: ProbeConfig, progress: ProgressFactory | None = None) -> dict[str, Any]:
     """Fit (or with ``eval_only`` re-score) a probe on an embedding store and write its outputs.
 
-    Returns the summary that is also written to ``<out>.summary.json``.
+    ``progress(total, desc)`` makes a bar of the linear solver's iterations, a new one per pass
+    (see :mod:`cxrprobe.progress`). Returns the summary that is also written to ``<out>.summary.json``.
     """
     from cxrprobe.cache.embeddings import open_embeddings
 
@@ -341,27 +323,25 @@ def _rescore(config, probe, x, base):
 def _fit_linear(config, x, labels, findings, device, progress, base, paths):
     from cxrprobe.probe.linear import fit_linear_probe
 
-    callback = (
-        None if progress is None else (lambda it, active: progress("fitting grid", it + 1, active))
-    )
-    probe, report = fit_linear_probe(
-        x["train"],
-        labels["train"],
-        x["val"],
-        labels["val"],
-        findings,
-        cs=config.grid,
-        backend=config.backend,
-        device=device,
-        selection=config.selection,
-        class_weight=config.class_weight,
-        uncertain=config.uncertain,
-        refit_trainval=config.refit_trainval,
-        max_iter=config.max_iter,
-        tol=config.tol,
-        callback=callback,
-        metadata={k: base[k] for k in ("features", "feature_dim", "store_identity", "split")},
-    )
+    with _GridBar(progress) as callback:
+        probe, report = fit_linear_probe(
+            x["train"],
+            labels["train"],
+            x["val"],
+            labels["val"],
+            findings,
+            cs=config.grid,
+            backend=config.backend,
+            device=device,
+            selection=config.selection,
+            class_weight=config.class_weight,
+            uncertain=config.uncertain,
+            refit_trainval=config.refit_trainval,
+            max_iter=config.max_iter,
+            tol=config.tol,
+            callback=None if progress is None else callback,
+            metadata={k: base[k] for k in ("features", "feature_dim", "store_identity", "split")},
+        )
     probe.save(paths["weights"])
     summary = {
         "backend": config.backend,
@@ -378,6 +358,36 @@ def _fit_linear(config, x, labels, findings, device, progress, base, paths):
         "probe_weights_sha256": sha256_file(paths["weights"]),
     }
     return summary, probe.predict_proba(x["test"]), provenance
+
+
+class _GridBar:
+    """The solver's callback ``(iterations or fits done, problems running)`` as progress bars.
+
+    A count that goes back starts a new pass (the train+val refit), so a new bar.
+    """
+
+    def __init__(self, progress: ProgressFactory | None) -> None:
+        self.progress, self.count = progress, 0
+        self.bar: Bar | None = None
+
+    def __call__(self, done: int, active: int) -> None:
+        if self.bar is None or done + 1 < self.count:
+            self.close()
+            self.bar, self.count = start_bar(self.progress, None, "fitting grid"), 0
+        self.bar.update(done + 1 - self.count)
+        self.count = done + 1
+        show_note(self.bar, f"active={active}")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+    def __enter__(self) -> _GridBar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def _fit_knn(config, x, labels, findings, device, progress, base, paths):

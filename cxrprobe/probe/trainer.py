@@ -19,11 +19,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from cxrprobe.devices import DistContext
 from cxrprobe.errors import ConfigError
 from cxrprobe.probe.augment import random_flip_rotate
 from cxrprobe.probe.checkpoint import capture_rng, restore_rng, seed_everything
 from cxrprobe.probe.distributed import (
-    DistContext,
     all_sum,
     eval_shard,
     gather_rows,
@@ -33,6 +33,7 @@ from cxrprobe.probe.distributed import (
 from cxrprobe.probe.finetune_data import ImageSource, batch_loader
 from cxrprobe.probe.loss import masked_bce_sum, observed_mask
 from cxrprobe.probe.schedule import WarmupCosine, make_scheduler, param_groups
+from cxrprobe.progress import Bar, show_note
 
 logger = logging.getLogger(__name__)
 
@@ -203,7 +204,7 @@ class Trainer:
                 ]
         return batches, counts
 
-    def train_epoch(self, epoch: int, progress: Any = None) -> EpochStats:
+    def train_epoch(self, epoch: int, progress: Bar | None = None) -> EpochStats:
         """One pass over this rank's shard of the training rows; returns stats over all ranks.
 
         The reported loss is the mean BCE per observed label over the epoch's global batches.
@@ -243,8 +244,8 @@ class Trainer:
                 self._optimizer_step()
             if progress is not None:
                 progress.update(1)
-                progress.set_postfix_str(
-                    f"{images * ctx.world_size / (time.perf_counter() - start):.0f} img/s"
+                show_note(
+                    progress, f"{images * ctx.world_size / (time.perf_counter() - start):.0f} img/s"
                 )
         totals = all_sum(ctx, torch.stack([loss_sum.float().cpu(), torch.tensor(float(images))]))
         seconds = time.perf_counter() - start

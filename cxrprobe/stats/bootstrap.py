@@ -30,27 +30,14 @@ import numpy as np
 import torch
 from scipy.special import ndtr, ndtri
 
+from cxrprobe.devices import resolve_device
 from cxrprobe.errors import ConfigError
+from cxrprobe.progress import ProgressFactory, start_bar
 from cxrprobe.stats.auroc import as_table
 
-DEVICES = ("auto", "cpu", "cuda")
 MapFn = Callable[..., Iterable]
 Statistic = Callable[["Weights", MapFn], torch.Tensor]
 _CHUNK_BYTES = {"cpu": 4 << 20, "cuda": 256 << 20}
-
-
-def resolve_device(device: str = "auto") -> torch.device:
-    """``"auto"`` → CUDA when available, else CPU; ``"cuda"`` without CUDA is a ConfigError."""
-    if device not in DEVICES:
-        raise ConfigError(f"--device {device!r} is not one of {', '.join(DEVICES)}")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(
-            "--device cuda was asked for but CUDA is not available here; "
-            "use --device auto or --device cpu"
-        )
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(device)
 
 
 @dataclass(frozen=True)
@@ -289,7 +276,7 @@ def run_bootstrap(
     *,
     device: str = "auto",
     chunk_size: int | None = None,
-    on_chunk: Callable[[int], None] | None = None,
+    progress: ProgressFactory | None = None,
 ) -> dict[str, np.ndarray]:
     """Evaluate every statistic on the same resample counts, chunk by chunk.
 
@@ -299,11 +286,11 @@ def run_bootstrap(
     statistics : mapping of name to callable
         Each maps :class:`Weights` on ``device`` and a ``map``-like function (to spread
         independent work over CPU workers) to a (c, ...) tensor.
-    device : {"auto", "cpu", "cuda"}
+    device : {"auto", "cpu", "cuda", "cuda:N"}
     chunk_size : int, optional
         Resamples per chunk; default from :func:`default_chunk`.
-    on_chunk : callable, optional
-        Called with the number of resamples finished after each chunk (progress bars).
+    progress : callable, optional
+        ``progress(total, desc)`` makes a bar counting resamples (see :mod:`cxrprobe.progress`).
 
     Returns
     -------
@@ -320,13 +307,16 @@ def run_bootstrap(
     dev = resolve_device(device)
     chunk = chunk_size or default_chunk(resampler.n_rows, dev)
     parts: dict[str, list[torch.Tensor]] = {name: [] for name in statistics}
-    with _parallel_map(dev) as map_fn:
-        for draws in resampler.draw_chunks(chunk):
-            weights = row_weights(resampler, draws, dev)
-            for name, statistic in statistics.items():
-                parts[name].append(statistic(weights, map_fn))
-            if on_chunk is not None:
-                on_chunk(draws.shape[0])
+    bar = start_bar(progress, resampler.n_resamples, "bootstrap")
+    try:
+        with _parallel_map(dev) as map_fn:
+            for draws in resampler.draw_chunks(chunk):
+                weights = row_weights(resampler, draws, dev)
+                for name, statistic in statistics.items():
+                    parts[name].append(statistic(weights, map_fn))
+                bar.update(draws.shape[0])
+    finally:
+        bar.close()
     return {name: torch.cat(p).cpu().numpy() for name, p in parts.items()}
 
 

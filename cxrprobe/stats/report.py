@@ -9,13 +9,14 @@ p-value definitions, both files' sha256 and provenance, and package versions.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 
+from cxrprobe.devices import resolve_device
 from cxrprobe.errors import ConfigError, DataFormatError
+from cxrprobe.progress import ProgressFactory
 from cxrprobe.provenance import now_utc, sha256_file, to_jsonable, versions
 from cxrprobe.stats.auroc import auroc_report
 from cxrprobe.stats.bootstrap import (
@@ -26,7 +27,6 @@ from cxrprobe.stats.bootstrap import (
     mean_over_labels,
     paired_p_values,
     percentile_interval,
-    resolve_device,
     run_bootstrap,
 )
 from cxrprobe.stats.delong import delong_test, jackknife_auroc
@@ -51,7 +51,6 @@ P_VALUE_DEFINITIONS = {
     "defined AUROC; the mean row is a separate summary, not in the family, and is not adjusted.",
     "p_delong": "two-sided DeLong test (fast algorithm of Sun & Xu 2014), per label only.",
 }
-Progress = Callable[[int], None] | None
 
 
 @dataclass
@@ -162,7 +161,7 @@ def compare_predictions(
     *,
     validation_a: tuple[Predictions, str] | None = None,
     validation_b: tuple[Predictions, str] | None = None,
-    on_progress: Progress = None,
+    progress: ProgressFactory | None = None,
 ) -> dict[str, Any]:
     """Paired comparison of two models on the same rows (see ``pair_predictions``).
 
@@ -190,7 +189,7 @@ def compare_predictions(
         statistics,
         device=options.device,
         chunk_size=options.chunk_size,
-        on_chunk=on_progress,
+        progress=progress,
     )
     samples_a, samples_b = _with_mean(boot["auc_a"], family), _with_mean(boot["auc_b"], family)
     est_a, est_b = np.r_[rep_a.values, rep_a.mean], np.r_[rep_b.values, rep_b.mean]
@@ -265,7 +264,7 @@ def evaluate_predictions(
     options: BootstrapOptions,
     *,
     validation: tuple[Predictions, str] | None = None,
-    on_progress: Progress = None,
+    progress: ProgressFactory | None = None,
 ) -> dict[str, Any]:
     """Single-model table: AUROC per label and mean with CIs, and Youden threshold metrics."""
     options.check()
@@ -281,7 +280,7 @@ def evaluate_predictions(
         },
         device=options.device,
         chunk_size=options.chunk_size,
-        on_chunk=on_progress,
+        progress=progress,
     )
     samples, estimate = _with_mean(boot["auc"], rep.defined), np.r_[rep.values, rep.mean]
     jk = None
@@ -333,7 +332,7 @@ def compare_files(
     align: bool = False,
     validation_a: str | None = None,
     validation_b: str | None = None,
-    on_progress: Progress = None,
+    progress: ProgressFactory | None = None,
 ) -> dict[str, Any]:
     """Read, pair (or align) and compare two predictions files; the report names both files."""
     if (validation_a is None) != (validation_b is None):
@@ -347,7 +346,7 @@ def compare_files(
         options,
         validation_a=_validation_for(validation_a, a) if validation_a else None,
         validation_b=_validation_for(validation_b, b) if validation_b else None,
-        on_progress=on_progress,
+        progress=progress,
     )
     report["models"] = {"a": _file_record(path_a, raw_a), "b": _file_record(path_b, raw_b)}
     report["validation"] = {
@@ -363,7 +362,7 @@ def evaluate_file(
     options: BootstrapOptions,
     *,
     validation: str | None = None,
-    on_progress: Progress = None,
+    progress: ProgressFactory | None = None,
 ) -> dict[str, Any]:
     """Read and evaluate one predictions file."""
     options.check()
@@ -372,7 +371,7 @@ def evaluate_file(
         pred,
         options,
         validation=_validation_for(validation, pred) if validation else None,
-        on_progress=on_progress,
+        progress=progress,
     )
     report["models"] = {"a": _file_record(path, pred)}
     report["validation"] = (

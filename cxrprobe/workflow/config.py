@@ -20,8 +20,20 @@ from cxrprobe.errors import ConfigError, InputFileError
 
 METHODS = ("probe", "finetune")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-_TOP_KEYS = {"out", "seed", "device", "methods", "reference", "datasets", "inits",
-             "preprocess", "extract", "probe", "finetune", "compare"}
+_TOP_KEYS = {
+    "out",
+    "seed",
+    "device",
+    "methods",
+    "reference",
+    "datasets",
+    "inits",
+    "preprocess",
+    "extract",
+    "probe",
+    "finetune",
+    "compare",
+}
 
 
 @dataclass(frozen=True)
@@ -47,8 +59,12 @@ class InitEntry:
 
     def model_args(self) -> dict[str, Any]:
         """Keyword arguments shared by ``extract_embeddings`` and ``FinetuneConfig``."""
-        return {"init": self.init, "weights": self.weights, "arch": self.arch,
-                "model_kwargs": dict(self.model_kwargs)}
+        return {
+            "init": self.init,
+            "weights": self.weights,
+            "arch": self.arch,
+            "model_kwargs": dict(self.model_kwargs),
+        }
 
 
 @dataclass(frozen=True)
@@ -88,7 +104,9 @@ def load_study(path: str | os.PathLike) -> StudyConfig:
     """Read and check a study TOML file; every problem is reported at once."""
     path = Path(path)
     if not path.is_file():
-        raise InputFileError(f"{path}: study config not found; see README 'The real study' for an example")
+        raise InputFileError(
+            f"{path}: study config not found; see README 'The real study' for an example"
+        )
     try:
         raw = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as exc:
@@ -96,7 +114,9 @@ def load_study(path: str | os.PathLike) -> StudyConfig:
     return study_from_mapping(raw, base=path.parent, source=str(path))
 
 
-def study_from_mapping(raw: Mapping[str, Any], base: Path, source: str = "study config") -> StudyConfig:
+def study_from_mapping(
+    raw: Mapping[str, Any], base: Path, source: str = "study config"
+) -> StudyConfig:
     """Build a ``StudyConfig`` from parsed TOML (or a dict); paths resolve against ``base``."""
     problems: list[str] = []
     unknown = sorted(set(raw) - _TOP_KEYS)
@@ -114,7 +134,9 @@ def study_from_mapping(raw: Mapping[str, Any], base: Path, source: str = "study 
             problems.append(f"{kind} names must be unique, got {names}")
     reference = str(raw.get("reference", ""))
     if reference and reference not in {i.name for i in inits}:
-        problems.append(f"reference {reference!r} is not one of the inits {[i.name for i in inits]}")
+        problems.append(
+            f"reference {reference!r} is not one of the inits {[i.name for i in inits]}"
+        )
     sections = {}
     for name in ("preprocess", "extract", "probe", "finetune", "compare"):
         value = raw.get(name, {})
@@ -152,7 +174,9 @@ def _path(value: Any, base: Path) -> Path:
 def _checked_name(entry: Mapping[str, Any], kind: str, problems: list[str]) -> str:
     name = str(entry.get("name", ""))
     if not _NAME.match(name):
-        problems.append(f"[[{kind}]] name {name!r} must be letters, digits, '.', '_' or '-' (it names folders)")
+        problems.append(
+            f"[[{kind}]] name {name!r} must be letters, digits, '.', '_' or '-' (it names folders)"
+        )
     return name
 
 
@@ -160,14 +184,18 @@ def _dataset(entry: Mapping[str, Any], base: Path, problems: list[str]) -> Datas
     name = _checked_name(entry, "datasets", problems)
     extra = sorted(set(entry) - {"name", "adapter", "root", "options"})
     if extra:
-        problems.append(f"dataset {name!r}: unknown key(s) {extra}; policies go in its 'options' table")
+        problems.append(
+            f"dataset {name!r}: unknown key(s) {extra}; policies go in its 'options' table"
+        )
     if "root" not in entry:
         problems.append(f"dataset {name!r} needs a root folder")
     options = dict(entry.get("options", {}))
     for key in ("column_map", "labels_csv"):
         if key in options and isinstance(options[key], str):
             options[key] = _path(options[key], base)
-    return DatasetEntry(name, str(entry.get("adapter", name)), _path(entry.get("root", "."), base), options)
+    return DatasetEntry(
+        name, str(entry.get("adapter", name)), _path(entry.get("root", "."), base), options
+    )
 
 
 def _init(entry: Mapping[str, Any], base: Path, problems: list[str]) -> InitEntry:
@@ -177,7 +205,9 @@ def _init(entry: Mapping[str, Any], base: Path, problems: list[str]) -> InitEntr
         problems.append(f"init {name!r}: unknown key(s) {extra}")
     methods = entry.get("methods")
     if methods is not None and (not methods or set(methods) - set(METHODS)):
-        problems.append(f"init {name!r}: methods {methods} must be a non-empty subset of {list(METHODS)}")
+        problems.append(
+            f"init {name!r}: methods {methods} must be a non-empty subset of {list(METHODS)}"
+        )
     weights = entry.get("weights")
     return InitEntry(
         name=name,

@@ -79,8 +79,9 @@ def _opts(options: dict[str, Any]) -> list[str]:
 
 
 def _model_flags(init: InitEntry) -> list[str]:
-    return _opts({"weights": init.weights, "arch": init.arch,
-                  "model_kwargs": init.model_kwargs or None})
+    return _opts(
+        {"weights": init.weights, "arch": init.arch, "model_kwargs": init.model_kwargs or None}
+    )
 
 
 def build_plan(config: StudyConfig) -> list[Step]:
@@ -105,7 +106,10 @@ def _dataset_steps(config: StudyConfig, paths: Paths, ds: DatasetEntry) -> list[
         if "probe" in methods:
             emb = paths.embeddings(ds.name, init.name)
             pred = paths.predictions(ds.name, init.name, "probe")
-            steps += [_extract_step(config, ds, init, images, emb), _probe_step(config, ds, init, emb, pred)]
+            steps += [
+                _extract_step(config, ds, init, images, emb),
+                _probe_step(config, ds, init, emb, pred),
+            ]
             predictions[f"{init.name}/probe"] = pred
         if "finetune" in methods:
             pred = paths.predictions(ds.name, init.name, "finetune")
@@ -126,8 +130,11 @@ def comparisons(config: StudyConfig) -> list[tuple[str, str]]:
         for i in config.inits
         if i.name != ref.name and m in config.methods_of(i) and m in config.methods_of(ref)
     ]
-    pairs += [(f"{i.name}/probe", f"{i.name}/finetune") for i in config.inits
-              if set(config.methods_of(i)) == {"probe", "finetune"}]
+    pairs += [
+        (f"{i.name}/probe", f"{i.name}/finetune")
+        for i in config.inits
+        if set(config.methods_of(i)) == {"probe", "finetune"}
+    ]
     return pairs
 
 
@@ -138,10 +145,16 @@ def _manifest_step(ds: DatasetEntry, out: Path) -> Step:
 
         df = get_adapter(ds.adapter).build(ds.root, **dict(ds.options))
         write_manifest(df, out)
-        return {"rows": len(df), "patients": int(df["patient_id"].nunique()), "manifest_hash": manifest_hash(df)}
+        return {
+            "rows": len(df),
+            "patients": int(df["patient_id"].nunique()),
+            "manifest_hash": manifest_hash(df),
+        }
 
     settings = {"adapter": ds.adapter, "root": ds.root, "options": ds.options}
-    command = _cmd("cxrprobe", "manifest", ds.adapter, "--root", ds.root, "-o", out, *_opts(ds.options))
+    command = _cmd(
+        "cxrprobe", "manifest", ds.adapter, "--root", ds.root, "-o", out, *_opts(ds.options)
+    )
     return Step(f"{ds.name}/manifest", "manifest", out, settings, command, action)
 
 
@@ -165,33 +178,60 @@ def _preprocess_step(config: StudyConfig, ds: DatasetEntry, manifest: Path, out:
         return build_image_cache(manifest, ds.root, out, cfg, progress=progress, **kwargs)
 
     settings = {"manifest": manifest, "root": ds.root, "preprocess": cfg.to_dict()}
-    command = _cmd("cxrprobe", "preprocess", "--manifest", manifest, "--root", ds.root, "--out", out,
-                   *_opts({k: v for k, v in config.preprocess.items()}))
+    command = _cmd(
+        "cxrprobe",
+        "preprocess",
+        "--manifest",
+        manifest,
+        "--root",
+        ds.root,
+        "--out",
+        out,
+        *_opts({k: v for k, v in config.preprocess.items()}),
+    )
     return Step(f"{ds.name}/preprocess", "preprocess", out, settings, command, action)
 
 
-def _extract_step(config: StudyConfig, ds: DatasetEntry, init: InitEntry, images: Path, out: Path) -> Step:
+def _extract_step(
+    config: StudyConfig, ds: DatasetEntry, init: InitEntry, images: Path, out: Path
+) -> Step:
     options = {"img_size": _size(config), "device": config.device, **config.extract}
 
     def action(progress: Progress) -> dict[str, Any]:
         from cxrprobe.cache.extract import extract_embeddings
 
-        return extract_embeddings(out, images=images, progress=progress, **init.model_args(), **options)
+        return extract_embeddings(
+            out, images=images, progress=progress, **init.model_args(), **options
+        )
 
     settings = {"images": images, **init.model_args(), **options}
     flags = _opts({"size": options.pop("img_size"), **options})
-    command = _cmd("cxrprobe", "extract", "--init", init.init, *_model_flags(init), "--images", images,
-                   "--out", out, *flags)
+    command = _cmd(
+        "cxrprobe",
+        "extract",
+        "--init",
+        init.init,
+        *_model_flags(init),
+        "--images",
+        images,
+        "--out",
+        out,
+        *flags,
+    )
     return Step(f"{ds.name}/{init.name}/extract", "extract", out, settings, command, action)
 
 
-def _probe_step(config: StudyConfig, ds: DatasetEntry, init: InitEntry, store: Path, out: Path) -> Step:
+def _probe_step(
+    config: StudyConfig, ds: DatasetEntry, init: InitEntry, store: Path, out: Path
+) -> Step:
     options = {"device": config.device, "seed": config.seed, **config.probe}
 
     def action(progress: Progress) -> dict[str, Any]:
         from cxrprobe.probe.run import ProbeConfig, run_probe
 
-        return run_probe(ProbeConfig(store=store, out=out, **_probe_kwargs(options)))
+        return run_probe(
+            ProbeConfig(store=store, out=out, **_probe_kwargs(options)), progress=progress
+        )
 
     settings = {"store": store, **options}
     command = _cmd("cxrprobe", "probe", "--store", store, "--out", out, *_opts(options))
@@ -203,8 +243,15 @@ def _probe_kwargs(options: dict[str, Any]) -> dict[str, Any]:
     return {k: tuple(v) if isinstance(v, list) else v for k, v in options.items()}
 
 
-def _finetune_step(config: StudyConfig, ds: DatasetEntry, init: InitEntry, images: Path, pred: Path) -> Step:
-    options = {"size": _size(config), "device": config.device, "seed": config.seed, **config.finetune}
+def _finetune_step(
+    config: StudyConfig, ds: DatasetEntry, init: InitEntry, images: Path, pred: Path
+) -> Step:
+    options = {
+        "size": _size(config),
+        "device": config.device,
+        "seed": config.seed,
+        **config.finetune,
+    }
     run_dir = pred.parent
 
     def action(progress: Progress) -> dict[str, Any]:
@@ -213,18 +260,35 @@ def _finetune_step(config: StudyConfig, ds: DatasetEntry, init: InitEntry, image
 
         model = init.model_args()
         model["weights"] = None if model["weights"] is None else str(model["weights"])
-        result = finetune(FinetuneConfig(**model, **options), from_cache(images), run_dir,
-                          resume=True, progress=progress)
+        result = finetune(
+            FinetuneConfig(**model, **options),
+            from_cache(images),
+            run_dir,
+            resume=True,
+            progress=progress,
+        )
         return result.summary
 
     settings = {"images": images, **init.model_args(), **options}
-    command = _cmd("cxrprobe", "finetune", "--init", init.init, *_model_flags(init), "--images", images,
-                   "--out", run_dir, "--resume", *_opts(options))
+    command = _cmd(
+        "cxrprobe",
+        "finetune",
+        "--init",
+        init.init,
+        *_model_flags(init),
+        "--images",
+        images,
+        "--out",
+        run_dir,
+        "--resume",
+        *_opts(options),
+    )
     return Step(f"{ds.name}/{init.name}/finetune", "finetune", pred, settings, command, action)
 
 
-def _compare_step(config: StudyConfig, ds: DatasetEntry, a: str, b: str, predictions: dict[str, Path],
-                  out: Path) -> Step:
+def _compare_step(
+    config: StudyConfig, ds: DatasetEntry, a: str, b: str, predictions: dict[str, Path], out: Path
+) -> Step:
     options = {"seed": config.seed, "device": config.device, **config.compare}
     file_a, file_b = predictions[a], predictions[b]
 
@@ -233,7 +297,7 @@ def _compare_step(config: StudyConfig, ds: DatasetEntry, a: str, b: str, predict
         from cxrprobe.stats.render import forest_plot, markdown_report
         from cxrprobe.stats.report import BootstrapOptions, compare_files, jsonable
 
-        report = compare_files(file_a, file_b, BootstrapOptions(**options))
+        report = compare_files(file_a, file_b, BootstrapOptions(**options), progress=progress)
         report["cells"] = {"a": a, "b": b, "dataset": ds.name}
         atomic_write_json(out, jsonable(report))
         atomic_write_text(out.with_suffix(".md"), markdown_report(report))
@@ -241,8 +305,19 @@ def _compare_step(config: StudyConfig, ds: DatasetEntry, a: str, b: str, predict
         return {"verdict": report["verdict"], "mean_delta": report["mean"]["delta"]}
 
     settings = {"a": file_a, "b": file_b, **options}
-    command = _cmd("cxrprobe", "compare", file_a, file_b, "--out", out, "--markdown", out.with_suffix(".md"),
-                   "--plot", out.with_suffix(".png"), *_opts(options))
+    command = _cmd(
+        "cxrprobe",
+        "compare",
+        file_a,
+        file_b,
+        "--out",
+        out,
+        "--markdown",
+        out.with_suffix(".md"),
+        "--plot",
+        out.with_suffix(".png"),
+        *_opts(options),
+    )
     return Step(f"{ds.name}/compare/{b}_vs_{a}", "compare", out, settings, command, action)
 
 
@@ -263,8 +338,11 @@ def step_status(step: Step, paths: Paths) -> str:
         return "todo"
     saved = json.loads(record.read_text())
     if saved["settings"] != to_jsonable(step.settings):
-        changed = sorted(k for k in set(saved["settings"]) | set(to_jsonable(step.settings))
-                         if saved["settings"].get(k) != to_jsonable(step.settings).get(k))
+        changed = sorted(
+            k
+            for k in set(saved["settings"]) | set(to_jsonable(step.settings))
+            if saved["settings"].get(k) != to_jsonable(step.settings).get(k)
+        )
         raise ConfigError(
             f"step {step.key} already ran with different settings ({', '.join(changed)}); delete "
             f"{step.output} and {record} to redo it, or use another 'out' folder"
@@ -291,14 +369,25 @@ def run_plan(
         if on_step:
             on_step(step, "running")
         result = step.action(progress)
-        atomic_write_json(paths.record(step.key), {
-            "step": step.key, "stage": step.stage, "output": step.output, "command": step.command,
-            "settings": step.settings, "result": _summary(result), "finished": now_utc(),
-        })
+        atomic_write_json(
+            paths.record(step.key),
+            {
+                "step": step.key,
+                "stage": step.stage,
+                "output": step.output,
+                "command": step.command,
+                "settings": step.settings,
+                "result": _summary(result),
+                "finished": now_utc(),
+            },
+        )
         outcomes.append(Outcome(step.key, "ran", step.output, _summary(result)))
     return outcomes
 
 
 def _summary(result: dict[str, Any]) -> dict[str, Any]:
     """The JSON-ready part of a step's returned summary (long lists cut to their length)."""
-    return {k: (len(v) if isinstance(v, list) and len(v) > 20 else v) for k, v in to_jsonable(result).items()}
+    return {
+        k: (len(v) if isinstance(v, list) and len(v) > 20 else v)
+        for k, v in to_jsonable(result).items()
+    }

@@ -25,7 +25,9 @@ def find_comparisons(run_dir: str | os.PathLike) -> list[Path]:
     """Every comparison report (``*/compare/*.json``) under a study's run folder."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
-        raise InputFileError(f"{run_dir}: run folder not found; give the 'out' folder of a study or demo")
+        raise InputFileError(
+            f"{run_dir}: run folder not found; give the 'out' folder of a study or demo"
+        )
     found = sorted(run_dir.glob("*/compare/*.json"))
     if not found:
         raise InputFileError(
@@ -57,19 +59,23 @@ def collect_study(run_dir: str | os.PathLike, alpha: float = 0.05) -> dict[str, 
                 "predictions": report["models"][side]["path"],
             }
         labels = [r for r in report["labels"] if r.get("p_fdr") is not None]
-        rows.append({
-            "dataset": dataset,
-            "a": names.get("a", report["models"]["a"]["path"]),
-            "b": names.get("b", report["models"]["b"]["path"]),
-            "delta": mean["delta"],
-            "delta_ci": mean["delta_ci"],
-            "p_bootstrap": mean["p_bootstrap"],
-            "labels_differing": sum(r["p_fdr"] < alpha for r in labels),
-            "labels_tested": len(labels),
-            "resamples": report["bootstrap"]["resamples"],
-            "report": str(path),
-        })
-    p = np.array([np.nan if r["p_bootstrap"] is None else r["p_bootstrap"] for r in rows], dtype=float)
+        rows.append(
+            {
+                "dataset": dataset,
+                "a": names.get("a", report["models"]["a"]["path"]),
+                "b": names.get("b", report["models"]["b"]["path"]),
+                "delta": mean["delta"],
+                "delta_ci": mean["delta_ci"],
+                "p_bootstrap": mean["p_bootstrap"],
+                "labels_differing": sum(r["p_fdr"] < alpha for r in labels),
+                "labels_tested": len(labels),
+                "resamples": report["bootstrap"]["resamples"],
+                "report": str(path),
+            }
+        )
+    p = np.array(
+        [np.nan if r["p_bootstrap"] is None else r["p_bootstrap"] for r in rows], dtype=float
+    )
     for row, q in zip(rows, benjamini_hochberg(p), strict=True):
         row["p_fdr_study"] = None if np.isnan(q) else float(q)
     return {
@@ -99,18 +105,35 @@ def _p(value: float | None) -> str:
 
 def study_markdown(study: dict[str, Any]) -> str:
     """The study table as markdown: cells, then comparisons with study-wide FDR."""
-    lines = ["## Mean AUROC per dataset, initialisation and method", "",
-             "| dataset | init | method | mean AUROC [95% CI] | labels |", "|---|---|---|---|---|"]
-    lines += [f"| {c['dataset']} | {c['init']} | {c['method']} | {_fmt(c['mean_auroc'], c['ci'])} | "
-              f"{c['n_labels']} |" for c in study["cells"]]
-    lines += ["", "## Comparisons (B − A)", "",
-              "| dataset | A | B | Δ mean AUROC [95% CI] | p bootstrap | p FDR (study) | labels differing |",
-              "|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['dataset']} | {r['a']} | {r['b']} | {_fmt(r['delta'], r['delta_ci'], signed=True)} | "
-              f"{_p(r['p_bootstrap'])} | {_p(r['p_fdr_study'])} | {r['labels_differing']} of "
-              f"{r['labels_tested']} |" for r in study["comparisons"]]
-    lines += ["", f"FDR family: {study['fdr_family']}; alpha {study['alpha']}. Per-label results are in "
-              "each comparison's report."]
+    lines = [
+        "## Mean AUROC per dataset, initialisation and method",
+        "",
+        "| dataset | init | method | mean AUROC [95% CI] | labels |",
+        "|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {c['dataset']} | {c['init']} | {c['method']} | {_fmt(c['mean_auroc'], c['ci'])} | "
+        f"{c['n_labels']} |"
+        for c in study["cells"]
+    ]
+    lines += [
+        "",
+        "## Comparisons (B − A)",
+        "",
+        "| dataset | A | B | Δ mean AUROC [95% CI] | p bootstrap | p FDR (study) | labels differing |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['dataset']} | {r['a']} | {r['b']} | {_fmt(r['delta'], r['delta_ci'], signed=True)} | "
+        f"{_p(r['p_bootstrap'])} | {_p(r['p_fdr_study'])} | {r['labels_differing']} of "
+        f"{r['labels_tested']} |"
+        for r in study["comparisons"]
+    ]
+    lines += [
+        "",
+        f"FDR family: {study['fdr_family']}; alpha {study['alpha']}. Per-label results are in "
+        "each comparison's report.",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -124,7 +147,9 @@ def study_figure(study: dict[str, Any], path: str | os.PathLike) -> Path:
     datasets = sorted({c["dataset"] for c in study["cells"]})
     fig, axes = plt.subplots(1, len(datasets), figsize=(4.5 * len(datasets), 3.2), squeeze=False)
     for ax, dataset in zip(axes[0], datasets, strict=True):
-        cells = [c for c in study["cells"] if c["dataset"] == dataset and c["mean_auroc"] is not None]
+        cells = [
+            c for c in study["cells"] if c["dataset"] == dataset and c["mean_auroc"] is not None
+        ]
         y = np.arange(len(cells))
         x = np.array([c["mean_auroc"] for c in cells])
         lo = np.array([c["ci"][0] if c["ci"][0] is not None else np.nan for c in cells])
@@ -148,5 +173,7 @@ def write_study_report(run_dir: str | os.PathLike, alpha: float = 0.05) -> dict[
     atomic_write_json(run_dir / "report.json", study)
     atomic_write_text(run_dir / "report.md", study_markdown(study))
     study_figure(study, run_dir / "report.png")
-    study["outputs"] = {name: str(run_dir / name) for name in ("report.json", "report.md", "report.png")}
+    study["outputs"] = {
+        name: str(run_dir / name) for name in ("report.json", "report.md", "report.png")
+    }
     return study
