@@ -10,6 +10,7 @@ import pytest
 from click.testing import CliRunner
 from sklearn.metrics import roc_auc_score
 
+from cxrprobe.cache import open_embeddings
 from cxrprobe.cli import main
 from cxrprobe.data.synthetic import generate_dataset
 from cxrprobe.errors import ConfigError
@@ -120,6 +121,8 @@ def test_study_runs_and_report_matches_sklearn(ran):
     assert (run / "report.png").stat().st_size > 0
     assert "| syn | p14 | probe |" in (run / "report.md").read_text()
     assert "Comparisons (B − A)" in output
+    for init in ("p14", "b16"):  # every stage ran at the study's size
+        assert open_embeddings(run / "syn" / init / "embeddings.zarr").provenance["model"]["img_size"] == 56
 
 
 def test_rerun_skips_finished_steps_and_changed_settings_are_refused(ran, study_dir):

@@ -205,7 +205,7 @@ def _extract_step(
         )
 
     settings = {"images": images, **init.model_args(), **options}
-    flags = _opts({"size": options.pop("img_size"), **options})
+    flags = _opts({("size" if k == "img_size" else k): v for k, v in options.items()})
     command = _cmd(
         "cxrprobe",
         "extract",
