@@ -362,3 +362,17 @@ def test_refuses_cuda_without_cuda(files):
 def test_help_has_an_example(command):
     result = _run(command, "--help")
     assert result.exit_code == 0 and "Example:" in result.output
+
+
+def test_verdict_flags_a_one_sided_win_whose_interval_includes_zero():
+    from cxrprobe.stats.report import verdict
+
+    report = {
+        "mean": {"delta": 0.047, "delta_ci": [-0.004, 0.095], "p_bootstrap": 0.038},
+        "bootstrap": {"alpha": 0.05, "resamples": 1000},
+        "labels": [{"p_fdr": 0.2}],
+    }
+    text = verdict(report)
+    assert text.startswith("B is better") and "two-sided CI of the difference includes 0" in text
+    report["mean"]["delta_ci"] = [0.001, 0.095]
+    assert "includes 0" not in verdict(report)

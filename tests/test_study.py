@@ -122,7 +122,10 @@ def test_study_runs_and_report_matches_sklearn(ran):
     assert "| syn | p14 | probe |" in (run / "report.md").read_text()
     assert "Comparisons (B − A)" in output
     for init in ("p14", "b16"):  # every stage ran at the study's size
-        assert open_embeddings(run / "syn" / init / "embeddings.zarr").provenance["model"]["img_size"] == 56
+        assert (
+            open_embeddings(run / "syn" / init / "embeddings.zarr").provenance["model"]["img_size"]
+            == 56
+        )
 
 
 def test_rerun_skips_finished_steps_and_changed_settings_are_refused(ran, study_dir):
@@ -156,11 +159,20 @@ def test_report_command_and_its_errors(ran, tmp_path):
 
 def test_config_problems_are_reported_together(tmp_path):
     bad = tmp_path / "bad.toml"
-    bad.write_text('methods = ["probe", "train"]\nreference = "x"\n[[inits]]\nname = "a b"\n')
+    bad.write_text(
+        'methods = ["probe", "train"]\nreference = "x"\n[probe]\nlearning_rate = 1\n'
+        '[[inits]]\nname = "a b"\n'
+    )
     with pytest.raises(ConfigError) as info:
         load_study(bad)
     message = str(info.value)
-    for expected in ("[[datasets]]", "methods", "reference 'x'", "name 'a b'"):
+    for expected in (
+        "[[datasets]]",
+        "methods",
+        "reference 'x'",
+        "name 'a b'",
+        "[probe] has unknown option(s) ['learning_rate']",
+    ):
         assert expected in message
     result = CliRunner().invoke(main, ["study", str(tmp_path / "absent.toml")])
     assert result.exit_code == 1 and "study config not found" in result.output

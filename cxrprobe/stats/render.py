@@ -192,6 +192,14 @@ def markdown_report(report: dict[str, Any]) -> str:
     return "\n".join(parts) + "\n"
 
 
+def _model_names(report: dict[str, Any]) -> tuple[str, str]:
+    """Short names of models A and B: the study's cell names, else the files' names."""
+    cells, models = report.get("cells", {}), report.get("models", {})
+    return tuple(
+        cells.get(key) or Path(models.get(key, {}).get("path", key)).name for key in ("a", "b")
+    )
+
+
 def forest_plot(report: dict[str, Any], path: str | os.PathLike) -> Path:
     """Write a forest plot of AUROC B - A per label and for the mean, with CIs (format by suffix).
 
@@ -223,7 +231,10 @@ def forest_plot(report: dict[str, Any], path: str | os.PathLike) -> Path:
     ax.axvline(0, color="grey", ls="--", lw=0.8)
     ax.set_yticks(ys, [f"{r['label']}" for r in rows])
     ax.set_xlabel(f"AUROC B - A ({100 * (1 - alpha):g}% {report['bootstrap']['ci']} CI)")
-    ax.set_title("filled: significant (FDR across labels; mean at alpha)", fontsize=9)
+    a, b = _model_names(report)
+    ax.set_title(
+        f"B = {b}  vs  A = {a}\nfilled: significant (FDR across labels; mean at alpha)", fontsize=9
+    )
     fig.tight_layout()
     buffer = io.BytesIO()
     path = Path(path)

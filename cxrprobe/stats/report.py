@@ -397,7 +397,10 @@ def verdict(report: dict[str, Any]) -> str:
     labels = f"{hits} of {len(tested)} labels differ after FDR (q < {alpha:g})"
     if mean["p_bootstrap"] < alpha:
         better = "B" if mean["delta"] > 0 else "A"
-        return f"{better} is better: {shown}; {labels}."
+        caveat = ""
+        if lo <= 0 <= hi:
+            caveat = " (the study's p is one-sided; the two-sided CI of the difference includes 0)"
+        return f"{better} is better: {shown}; {labels}{caveat}."
     return f"No significant difference: {shown}; {labels}."
 
 

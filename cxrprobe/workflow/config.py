@@ -138,11 +138,17 @@ def study_from_mapping(
             f"reference {reference!r} is not one of the inits {[i.name for i in inits]}"
         )
     sections = {}
+    allowed = section_options()
     for name in ("preprocess", "extract", "probe", "finetune", "compare"):
         value = raw.get(name, {})
         if not isinstance(value, Mapping):
             problems.append(f"[{name}] must be a table")
             value = {}
+        unknown = sorted(set(value) - allowed[name])
+        if unknown:
+            problems.append(
+                f"[{name}] has unknown option(s) {unknown}; allowed: {sorted(allowed[name])}"
+            )
         sections[name] = dict(value)
     if problems:
         raise ConfigError(f"{source}: " + "; ".join(problems))
@@ -156,6 +162,31 @@ def study_from_mapping(
         device=str(raw.get("device", "auto")),
         **sections,
     )
+
+
+def section_options() -> dict[str, set[str]]:
+    """The options each stage's table may set: the library's own parameters, less those the
+    study itself provides (paths, the initialisation, progress)."""
+    import inspect
+    from dataclasses import fields
+
+    from cxrprobe.cache.extract import extract_embeddings
+    from cxrprobe.data.preprocess import PreprocessConfig
+    from cxrprobe.probe.finetune import FinetuneConfig
+    from cxrprobe.probe.run import ProbeConfig
+    from cxrprobe.stats.report import BootstrapOptions
+
+    model = {"init", "weights", "arch", "model_kwargs"}
+    extract = set(inspect.signature(extract_embeddings).parameters)
+    return {
+        "preprocess": {f.name for f in fields(PreprocessConfig)} | {"preset", "workers"},
+        "extract": extract
+        - model
+        - {"out", "images", "manifest", "root", "preprocess", "progress"},
+        "probe": {f.name for f in fields(ProbeConfig)} - {"store", "out"},
+        "finetune": {f.name for f in fields(FinetuneConfig)} - model,
+        "compare": {f.name for f in fields(BootstrapOptions)},
+    }
 
 
 def _tables(raw: Mapping[str, Any], key: str, problems: list[str]) -> list[Mapping[str, Any]]:
