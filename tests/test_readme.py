@@ -101,3 +101,20 @@ def test_readme_shows_every_command_and_the_setup_commands():
     assert "pip install -e '.[test]' && python -m pytest -q" in text
     ci = (README.parent / ".ci" / "run").read_text()
     assert "pip install -e '.[test]' && python -m pytest -q" in ci
+
+
+@pytest.mark.slow
+def test_readme_python_api_snippet_runs_on_the_demo_store(readme_run):
+    import torch
+
+    cwd, _ = readme_run
+    (snippet,) = readme_blocks("python")
+    store = cwd / "demo_run" / "study" / "synthetic" / "dinov2-tiny" / "embeddings.zarr"
+    code = snippet.replace("runs/study/vindr/dinov2/embeddings.zarr", str(store))
+    if not torch.cuda.is_available():
+        code = code.replace('device="cuda"', 'device="cpu"')
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    emb, x, y = namespace["emb"], namespace["x"], namespace["y"]
+    assert x.shape == (len(namespace["train"]), 2 * emb.dim) and y.shape[0] == x.shape[0]
+    assert namespace["x_gpu"].shape == (len(emb.ids), emb.dim)
