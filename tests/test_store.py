@@ -130,3 +130,26 @@ def test_append_rows_redoes_only_partial_last_shard(tmp_path):
     grown.finalize()
     np.testing.assert_array_equal(grown.array("x")[:, 2], np.arange(15))
     assert grown.metadata().first_difference(_meta(15)) is None
+
+
+def test_row_metadata_keeps_uncertain_labels_for_later_policies():
+    import pandas as pd
+
+    from cxrprobe.data.manifest import label_matrix
+
+    df = pd.DataFrame(
+        {
+            "image_id": ["a", "b", "c", "d"],
+            "path": ["a.png", "b.png", "c.png", "d.png"],
+            "patient_id": ["p1", "p1", "p2", "p3"],
+            "study_id": ["s1", "s2", "s3", "s4"],
+            "view": ["PA"] * 4,
+            "split": ["train", "train", "val", "test"],
+            "sex": ["F"] * 4,
+            "age": [50.0] * 4,
+            "cardiomegaly": [1.0, -1.0, 0.0, np.nan],
+        }
+    )
+    stored = RowMetadata.from_manifest(df).labels[:, 0]
+    np.testing.assert_array_equal(stored, np.array([1.0, -1.0, 0.0, np.nan], dtype=np.float32))
+    assert np.isnan(label_matrix(df)[1, 0])  # the default view masks uncertain labels

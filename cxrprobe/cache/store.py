@@ -11,7 +11,7 @@ Layout of a store directory::
 
     zarr.json               group attributes under "cxrprobe": kind, identity, provenance, ...
     ids, split, patient_id  per-row strings copied from the manifest
-    labels                  (n, L) float32, NaN = not annotated; attribute "findings"
+    labels                  (n, L) float32: 1, 0, -1 uncertain, NaN not annotated; "findings"
     failed                  (n,) bool, written by finalize
     <data arrays>           e.g. images (n, S, S) uint8 or cls (n, D) float16
     _progress/shard-*.json  done records: one per finished shard, with that shard's failures
@@ -85,7 +85,7 @@ class RowMetadata:
             ids=_strings(df["image_id"]),
             split=_strings(df["split"]),
             patient_id=_strings(df["patient_id"]),
-            labels=label_matrix(df, list(names)).astype(np.float32),
+            labels=label_matrix(df, list(names), keep_uncertain=True).astype(np.float32),
             findings=names,
         )
 

@@ -154,8 +154,11 @@ def finding_columns(df: pd.DataFrame) -> list[str]:
     return in_vocabulary_order(df.columns)
 
 
-def label_matrix(df: pd.DataFrame, findings: Sequence[str] | None = None) -> np.ndarray:
-    """Labels as a float32 (n, L) array: 1, 0 or NaN; uncertain (-1) is masked to NaN.
+def label_matrix(
+    df: pd.DataFrame, findings: Sequence[str] | None = None, keep_uncertain: bool = False
+) -> np.ndarray:
+    """Labels as a float32 (n, L) array: 1, 0 or NaN; uncertain (-1) is masked to NaN unless
+    ``keep_uncertain`` (stores keep -1 so that a probe's ``--uncertain`` policy can still map it).
 
     ``findings`` picks and orders the columns (default: ``finding_columns(df)``); a finding the
     manifest lacks raises ConfigError rather than silently giving an all-NaN column.
@@ -169,7 +172,7 @@ def label_matrix(df: pd.DataFrame, findings: Sequence[str] | None = None) -> np.
     if not names:
         return np.empty((len(df), 0), dtype=np.float32)
     labels = df[names].to_numpy(dtype=np.float32, na_value=np.nan)
-    return np.where(labels == -1.0, np.float32(np.nan), labels)
+    return labels.copy() if keep_uncertain else np.where(labels == -1.0, np.float32(np.nan), labels)
 
 
 def manifest_hash(df: pd.DataFrame) -> str:

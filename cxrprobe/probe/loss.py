@@ -2,7 +2,7 @@
 
 Labels are 1 (positive), 0 (negative), or anything else — NaN (not annotated) or -1 (uncertain) —
 which is masked out of the loss: such an entry contributes neither to the sum nor to the count.
-Manifests already turn uncertain labels into NaN (``label_matrix``); the mask also catches a raw -1.
+Stores keep uncertain labels as -1; the mask leaves them (and NaN) out of the loss.
 The class weight is the study's ``pos_weight`` (negatives / positives per finding on the training
 split, :func:`cxrprobe.probe.linear.positive_weights`), multiplying the positive term of the BCE.
 
