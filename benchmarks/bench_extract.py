@@ -24,6 +24,7 @@ import argparse
 import json
 import shutil
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -179,9 +180,28 @@ def check(
     return result
 
 
+def _rss_mb() -> float:
+    """This process's resident memory in MiB (Linux /proc; 0 elsewhere)."""
+    try:
+        with open("/proc/self/status") as fh:
+            return next(int(line.split()[1]) / 1024 for line in fh if line.startswith("VmRSS:"))
+    except (OSError, StopIteration):
+        return 0.0
+
+
 def end_to_end(store: Path, cache: Path, args: argparse.Namespace) -> dict[str, float]:
+    """Images/s of the whole extraction, plus the main process's peak RSS growth while it runs
+    (sampled every 20 ms): it should not grow with ``--n`` (bounded queues, streamed writes)."""
     ticks: list[tuple[float, int]] = []
     done = 0
+    rss_start, rss_peak, sampling = _rss_mb(), [0.0], threading.Event()
+
+    def sample() -> None:
+        while not sampling.wait(0.02):
+            rss_peak[0] = max(rss_peak[0], _rss_mb())
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
 
     class Ticks:
         def update(self, n: int) -> None:
@@ -214,6 +234,8 @@ def end_to_end(store: Path, cache: Path, args: argparse.Namespace) -> dict[str, 
         progress=progress,
     )
     wall = time.perf_counter() - started
+    sampling.set()
+    sampler.join()
     first = next((t for t in ticks if t[1] >= 0.1 * args.n), ticks[0])
     steady = (
         (ticks[-1][1] - first[1]) / max(ticks[-1][0] - first[0], 1e-9)
@@ -227,6 +249,7 @@ def end_to_end(store: Path, cache: Path, args: argparse.Namespace) -> dict[str, 
         "wall_seconds_with_model_setup": wall,
         "timings": summary["timings"],
         "device_name": summary["device"],
+        "peak_rss_growth_mb": max(rss_peak[0] - rss_start, 0.0),
     }
 
 
