@@ -79,17 +79,11 @@ def _options(kw: dict):
 
 
 def _write_outputs(report: dict, name: str, config: dict, out, markdown, plot=None) -> None:
-    from cxrprobe.provenance import atomic_write_json, atomic_write_text
-    from cxrprobe.stats.render import forest_plot, markdown_report
-    from cxrprobe.stats.report import jsonable
+    from cxrprobe.stats.render import write_report_outputs
 
-    written = []
-    if out is not None:
-        written.append(atomic_write_json(out, jsonable({**report, "command": config})))
-    if markdown is not None:
-        written.append(atomic_write_text(markdown, markdown_report(report)))
-    if plot is not None:
-        written.append(forest_plot(report, plot))
+    written = write_report_outputs(
+        {**report, "command": config}, out=out, markdown=markdown, plot=plot
+    )
     for folder in sorted({path.resolve().parent for path in written}):
         record(folder, name, config)
     if written:

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from cxrprobe.provenance import atomic_write_bytes
+from cxrprobe.provenance import atomic_write_bytes, atomic_write_json, atomic_write_text
 from cxrprobe.stats.thresholds import METRICS
 
 
@@ -240,3 +240,23 @@ def forest_plot(report: dict[str, Any], path: str | os.PathLike) -> Path:
     path = Path(path)
     fig.savefig(buffer, format=path.suffix.lstrip(".").lower() or "png", dpi=150)
     return atomic_write_bytes(path, buffer.getvalue())
+
+
+def write_report_outputs(
+    report: dict[str, Any],
+    *,
+    out: str | os.PathLike | None = None,
+    markdown: str | os.PathLike | None = None,
+    plot: str | os.PathLike | None = None,
+) -> list[Path]:
+    """Write a report's JSON (strict: NaN as null), markdown table and forest plot where asked."""
+    from cxrprobe.stats.report import jsonable
+
+    written = []
+    if out is not None:
+        written.append(atomic_write_json(out, jsonable(report)))
+    if markdown is not None:
+        written.append(atomic_write_text(markdown, markdown_report(report)))
+    if plot is not None:
+        written.append(forest_plot(report, plot))
+    return written

@@ -293,15 +293,14 @@ def _compare_step(
     file_a, file_b = predictions[a], predictions[b]
 
     def action(progress: Progress) -> dict[str, Any]:
-        from cxrprobe.provenance import atomic_write_text
-        from cxrprobe.stats.render import forest_plot, markdown_report
-        from cxrprobe.stats.report import BootstrapOptions, compare_files, jsonable
+        from cxrprobe.stats.render import write_report_outputs
+        from cxrprobe.stats.report import BootstrapOptions, compare_files
 
         report = compare_files(file_a, file_b, BootstrapOptions(**options), progress=progress)
         report["cells"] = {"a": a, "b": b, "dataset": ds.name}
-        atomic_write_json(out, jsonable(report))
-        atomic_write_text(out.with_suffix(".md"), markdown_report(report))
-        forest_plot(report, out.with_suffix(".png"))
+        write_report_outputs(
+            report, out=out, markdown=out.with_suffix(".md"), plot=out.with_suffix(".png")
+        )
         return {"verdict": report["verdict"], "mean_delta": report["mean"]["delta"]}
 
     settings = {"a": file_a, "b": file_b, **options}
