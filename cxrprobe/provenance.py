@@ -100,6 +100,9 @@ def run_record(command: str, config: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def write_run_record(out_dir: str | os.PathLike, command: str, config: Mapping[str, Any]) -> Path:
-    """Write ``run.json`` (resolved config and versions) into an output folder."""
-    return atomic_write_json(Path(out_dir) / "run.json", run_record(command, config))
+def write_run_record(target: str | os.PathLike, command: str, config: Mapping[str, Any]) -> Path:
+    """Write the run record (resolved config and versions): ``target/run.json`` for an output
+    folder, or ``target`` itself when it names a ``*.run.json`` file beside a single-file output."""
+    target = Path(target)
+    path = target if target.name.endswith(".run.json") else target / "run.json"
+    return atomic_write_json(path, run_record(command, config))

@@ -41,9 +41,10 @@ def progress(total: int | None, desc: str, unit: str = "img", disable: bool | No
     return tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True, disable=disable)
 
 
-def record(out_dir: str | os.PathLike, command: str, config: Mapping[str, Any]) -> None:
-    """Write ``run.json`` with the resolved config and versions next to a command's outputs."""
-    write_run_record(out_dir, f"cxrprobe {command}", config)
+def record(target: str | os.PathLike, command: str, config: Mapping[str, Any]) -> Path:
+    """Write the run record (resolved config and versions) next to a command's outputs: into an
+    output folder as ``run.json``, or to a ``*.run.json`` path beside a single-file output."""
+    return write_run_record(target, f"cxrprobe {command}", config)
 
 
 def progress_in(unit: str) -> ProgressFactory:

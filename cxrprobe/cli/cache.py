@@ -243,7 +243,6 @@ def export(store, h5, npz) -> None:
     """
     from cxrprobe.cache.embeddings import open_embeddings
     from cxrprobe.cache.export import export_h5, export_npz
-    from cxrprobe.provenance import atomic_write_json, run_record
 
     if (h5 is None) == (npz is None):
         raise click.UsageError("give exactly one of --h5 OUT.h5 or --npz OUT.npz")
@@ -251,16 +250,14 @@ def export(store, h5, npz) -> None:
     with library_errors():
         emb = open_embeddings(store)
         (export_h5 if h5 is not None else export_npz)(emb, out)
-    atomic_write_json(
+    record(
         out.with_name(out.name + ".run.json"),
-        run_record(
-            "cxrprobe export",
-            {
-                "store": str(store),
-                "h5": None if h5 is None else str(h5),
-                "npz": None if npz is None else str(npz),
-            },
-        ),
+        "export",
+        {
+            "store": str(store),
+            "h5": None if h5 is None else str(h5),
+            "npz": None if npz is None else str(npz),
+        },
     )
     click.echo(
         f"{store} -> {out}: {len(emb)} rows, features {', '.join(emb.feature_kinds)} (D={emb.dim}), "

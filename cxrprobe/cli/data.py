@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from cxrprobe.cli._common import library_errors, progress, seed_option
+from cxrprobe.cli._common import library_errors, progress, record, seed_option
 
 _READER_OPTIONS = ("labels_csv", "column_map", "aggregation", "labeler")
 
@@ -142,7 +142,6 @@ def manifest(dataset: str, root: Path, output: Path, **options: Any) -> None:
     """
     from cxrprobe.data.adapters import get_adapter
     from cxrprobe.data.manifest import manifest_hash, prevalence, write_manifest
-    from cxrprobe.provenance import atomic_write_json, run_record
 
     with library_errors():
         adapter = get_adapter(dataset)
@@ -169,11 +168,10 @@ def manifest(dataset: str, root: Path, output: Path, **options: Any) -> None:
         "findings": [c for c in summary.columns[2:]],
         "counts": summary.to_dict(orient="index"),
     }
-    record = output.with_name(output.stem + ".run.json")
-    atomic_write_json(record, run_record(f"cxrprobe manifest {dataset}", config))
+    written = record(output.with_name(output.stem + ".run.json"), f"manifest {dataset}", config)
     click.echo(_summary_table(summary))
     click.echo(
-        f"wrote {output} ({len(df)} images, {df['patient_id'].nunique()} patients) and {record.name}"
+        f"wrote {output} ({len(df)} images, {df['patient_id'].nunique()} patients) and {written.name}"
     )
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from cxrprobe.cli._common import device_option, library_errors, progress_in, seed_option
+from cxrprobe.cli._common import device_option, library_errors, progress_in, record, seed_option
 
 _DEFAULT_GRID = "1e-6:1e5:45"
 
@@ -187,7 +187,6 @@ def probe(
     """
     from cxrprobe.probe.run import ProbeConfig, output_paths, parse_grid, run_probe
     from cxrprobe.probe.summary import format_summary
-    from cxrprobe.provenance import atomic_write_json, run_record
 
     with library_errors():
         config = ProbeConfig(
@@ -215,19 +214,17 @@ def probe(
             eval_only=eval_only,
         )
         summary = run_probe(config, progress=progress_in("iter"))
-    atomic_write_json(
+    record(
         output_paths(out)["run"],
-        run_record(
-            "cxrprobe probe",
-            {
-                **summary["config"],
-                "result": {
-                    "test_mean_auroc": summary["test_mean_auroc"],
-                    "chosen": summary.get("chosen"),
-                    "outputs": summary["outputs"],
-                },
+        "probe",
+        {
+            **summary["config"],
+            "result": {
+                "test_mean_auroc": summary["test_mean_auroc"],
+                "chosen": summary.get("chosen"),
+                "outputs": summary["outputs"],
             },
-        ),
+        },
     )
     for line in format_summary(summary):
         click.echo(line)
