@@ -69,3 +69,27 @@ class BarRecorder(list):
 def bars() -> BarRecorder:
     """Pass as ``progress=bars``; then inspect ``bars`` (one RecordedBar per bar opened)."""
     return BarRecorder()
+
+
+def torchrun(script, *args: str, env: dict | None = None):
+    """Run ``script ARGS`` as 2 CPU processes under ``torch.distributed.run`` (standalone)."""
+    import subprocess
+    import sys
+
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            str(script),
+            *args,
+        ],
+        cwd=Path(__file__).resolve().parents[1],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )

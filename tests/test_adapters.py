@@ -10,7 +10,6 @@ import fixtures_data as fx
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import REAL_DATA
 
 from cxrprobe.data.adapters import ADAPTERS, datasets_markdown, get_adapter
 from cxrprobe.data.manifest import (
@@ -24,6 +23,7 @@ from cxrprobe.data.manifest import (
 )
 from cxrprobe.data.policies import apply_uncertain
 from cxrprobe.errors import ConfigError, DataFormatError, InputFileError
+from tests.conftest import REAL_DATA
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "datasets.md"
 

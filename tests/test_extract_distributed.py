@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -15,6 +12,7 @@ from cxrprobe.cache.extract import extract_embeddings
 from cxrprobe.cache.images import build_image_cache
 from cxrprobe.cache.store import RowStore
 from cxrprobe.data.preprocess import PreprocessConfig
+from tests.conftest import torchrun
 from tests.image_fixtures import make_image_dataset
 from tests.test_extract import ARCH, TINY, stores_equal
 
@@ -48,22 +46,7 @@ def test_two_ranks_write_the_same_store_as_one_process(tmp_path):
     script = tmp_path / "extract_script.py"
     script.write_text(SCRIPT)
     out = tmp_path / "ranks.zarr"
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc_per_node",
-            "2",
-            str(script),
-            json.dumps({**args, "out": str(out)}),
-        ],
-        cwd=Path(__file__).resolve().parents[1],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = torchrun(script, json.dumps({**args, "out": str(out)}))
     assert result.returncode == 0, result.stdout + result.stderr
     assert "RANK 0 SUMMARY" in result.stdout and "RANK 1 SUMMARY" in result.stdout
     threads = torch.get_num_threads()

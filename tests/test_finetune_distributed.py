@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -15,6 +13,7 @@ from click.testing import CliRunner
 from cxrprobe.cli import main
 from cxrprobe.probe.checkpoint import load_checkpoint
 from cxrprobe.stats.predictions import read_predictions
+from tests.conftest import torchrun
 from tests.image_fixtures import make_image_dataset
 
 TINY = {"depth": 2, "embed_dim": 64, "num_heads": 2}
@@ -72,22 +71,7 @@ def test_two_processes_match_one_process_with_the_same_global_batch(image_cache,
     launcher.write_text("from cxrprobe.cli import main\nmain()\n")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     env.pop("CXRPROBE_PROGRESS", None)
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc_per_node",
-            "2",
-            str(launcher),
-            *_args(image_cache, tmp_path / "two"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
-    )
+    proc = torchrun(launcher, *_args(image_cache, tmp_path / "two"), env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert proc.stdout.count("wrote ") == 1  # only rank 0 reports and writes
 
