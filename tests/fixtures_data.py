@@ -58,15 +58,24 @@ def write_chestxray14(
         for name in ids:
             (root / "images" / name).write_bytes(b"")
     return {
-        "00000001_001.png": {"cardiomegaly": 1, "emphysema": 1, "no_finding": 0, "nodule_mass": 0},
+        "00000001_001.png": {
+            "cardiomegaly": 1,
+            "emphysema": 1,
+            "no_finding": 0,
+            "nodule_mass": 0,
+            "nodule": 0,
+            "mass": 0,
+        },
         "00000002_000.png": {"no_finding": 1, "cardiomegaly": 0, "pleural_effusion": 0},
         "00000003_000.png": {
             "nodule_mass": 1,
+            "nodule": 1,
+            "mass": 1,
             "pleural_effusion": 1,
             "cardiomegaly": 0,
             "no_finding": 0,
         },
-        "00000004_000.png": {"nodule_mass": 1, "pleural_effusion": 0},
+        "00000004_000.png": {"nodule_mass": 1, "nodule": 1, "mass": 0, "pleural_effusion": 0},
         "00000005_000.png": {"pleural_thickening": 1, "hernia": 1, "infiltration": 0},
     }
 
@@ -241,7 +250,7 @@ img3.png,1,20150101,s2,p2,1980.0,F,,AP_horizontal,Supervised,['normal']
 img4.png,1,20150101,s3,p3,,O,,PA,Supervised,"['nodule', ' pulmonary mass', 'scoliosis']"
 img5.png,2,20160202,s4,p4,1940.0,F,,COSTAL,Supervised,
 img6.png,2,20160202,s5,p5,1950.0,M,,AP,Supervised,"['exclude']"
-img7.png,2,20160202,s6,p6,1950.0,M,,PA,Supervised,"['rib fracture', 'NSG tube', 'copd signs']"
+img7.png,2,20160202,s6,p6,1950.0,M,,PA,Supervised,"['rib fracture', 'NSG tube', 'copd signs', 'descendent aortic elongation', 'hilar congestion', 'kyphosis']"
 """
 
 
@@ -251,10 +260,20 @@ def write_padchest(root: Path) -> dict:
     return {
         "img1.png": {"pleural_effusion": 1, "cardiomegaly": 1, "no_finding": 0},
         "img3.png": {"no_finding": 1, "pleural_effusion": 0},
-        "img4.png": {"nodule_mass": 1, "no_finding": 0},
+        "img4.png": {"nodule_mass": 1, "nodule": 1, "mass": 1, "scoliosis": 1, "no_finding": 0},
         "img5.png": {"no_finding": NAN, "cardiomegaly": NAN},
         "img6.png": {"no_finding": 0, "cardiomegaly": 0},
-        "img7.png": {"fracture": 1, "support_devices": 1, "copd": 1, "pneumothorax": 0},
+        "img7.png": {
+            "fracture": 1,
+            "support_devices": 1,
+            "copd": 1,
+            "pneumothorax": 0,
+            "aortic_elongation": 1,
+            "aortic_enlargement": 1,
+            "congestion": 1,
+            "kyphosis": 1,
+            "scoliosis": 0,
+        },
     }
 
 
@@ -298,3 +317,35 @@ def write_generic(root: Path) -> dict:
         "b/3.png": {"nodule_mass": 1, "cardiomegaly": NAN},
         "c/5.png": {"pleural_effusion": NAN, "nodule_mass": 0},
     }
+
+
+# A UKA-like bedside table: severity graded 0-4 per side (text or numbers), "Healthy" 1/0, a misspelt
+# label column and a free-text column the map ignores.
+UKA_TABLE = """\
+Image,Patient,Set,Cardiomegaly,EffusionLeft,EffusionRight,AtelectasisLeft,AtelectasisRight,Healthy,Cardiomegally,Comment
+u1.png,q1,training,mild,0,3,none,none,0,1,ok
+u2.png,q1,training,none,0,0,questionable,none,1,0,
+u3.png,q2,holdout,severe,1,,severe,moderate,0,1,portable
+u4.png,q3,training,questionable,2,1,none,-1,0,0,
+u5.png,q4,training,,4,0,mild,none,0,,
+"""
+UKA_MAP = {
+    "csv": "uka.csv",
+    "columns": {"image_id": "Image", "patient_id": "Patient", "split": "Set"},
+    "splits": {"holdout": "test"},
+    "values": {"none": 0, "questionable": 1, "mild": 2, "moderate": 3, "severe": 4},
+    "findings": {
+        "Cardiomegaly": {"finding": "cardiomegaly", "threshold": 2},
+        "EffusionLeft": {"finding": "pleural_effusion_left", "threshold": 2},
+        "EffusionRight": {"finding": "pleural_effusion_right", "threshold": 2},
+        "AtelectasisLeft": {"finding": "atelectasis_left", "threshold": 2},
+        "AtelectasisRight": {"finding": "atelectasis_right", "threshold": 2},
+        "Healthy": {"finding": "no_finding", "values": {"1": 1, "0": 0}},
+    },
+    "ignore": ["Comment"],
+}
+
+
+def write_uka(root: Path) -> Path:
+    """The UKA-like table; returns its path (the column map is ``UKA_MAP``)."""
+    return _write(root / "uka.csv", UKA_TABLE)

@@ -3,10 +3,14 @@
 A label map is a JSON file in ``cxrprobe/data/label_maps/`` (or a dict, for the generic adapter):
 
 ``labels``
-    source label name → canonical finding id (or a list of ids). Names match case-insensitively
-    with whitespace collapsed. Several source names mapped to one finding combine by a maximum
-    under the order 1 > -1 > 0 > NaN: any positive wins, else any uncertain, else negative, and
-    the finding is missing only when every source is missing.
+    source label name → canonical finding id, a list of ids, or a column rule
+    ``{"finding": id or ids, "values": {...}, "threshold": t}`` (wide tables: the column's own
+    value codes, replacing the table-wide ones, then ``>= t`` → 1 for ordinal grades). Names match
+    case-insensitively with whitespace collapsed. Several source names mapped to one finding
+    combine by a maximum under the order 1 > -1 > 0 > NaN: any positive wins, else any uncertain,
+    else negative, and the finding is missing only when every source is missing. A derived
+    finding (``findings.DERIVED``, e.g. ``nodule_mass`` from ``nodule`` and ``mass``) is added the
+    same way wherever all its parts are.
 ``unmapped``
     ``"error"`` (a source label absent from the map stops the build, naming it) or ``"ignore"``
     (such labels are counted in the log and dropped; PadChest has ~190 labels, most outside the
@@ -20,8 +24,10 @@ A label map is a JSON file in ``cxrprobe/data/label_maps/`` (or a dict, for the 
 
 from __future__ import annotations
 
+import difflib
 import json
 import logging
+import numbers
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
@@ -31,7 +37,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from cxrprobe.data.findings import FINDING_IDS, in_vocabulary_order
+from cxrprobe.data.findings import DERIVED, FINDING_IDS, FINDINGS, in_vocabulary_order, with_derived
 from cxrprobe.data.manifest import SPLITS, VIEWS
 from cxrprobe.errors import ConfigError, DataFormatError, InputFileError
 
@@ -43,6 +49,7 @@ _SPLIT_SYNONYMS = {
     "test": "test", "testing": "test",
 }  # fmt: skip
 _KEYS = {"dataset", "about", "merge", "unmapped", "labels", "views", "default_view", "splits"}
+_RULE_KEYS = {"finding", "values", "threshold"}
 # Rank of each label value when merging: 1 > -1 > 0 > NaN.
 _RANK_VALUES = np.array([np.nan, 0.0, -1.0, 1.0], dtype=np.float32)
 
@@ -50,6 +57,15 @@ _RANK_VALUES = np.array([np.nan, 0.0, -1.0, 1.0], dtype=np.float32)
 def key(name: Any) -> str:
     """The matching key of a source name: whitespace collapsed, case folded."""
     return " ".join(str(name).split()).casefold()
+
+
+@dataclass(frozen=True)
+class ColumnRule:
+    """How one wide-table column's values become labels: its own value codes (replacing the
+    table-wide ones), then, for ordinal grades, ``>= threshold`` → 1 and lower grades → 0."""
+
+    values: Mapping[str, float] | None = None
+    threshold: float | None = None
 
 
 @dataclass(frozen=True)
@@ -63,6 +79,7 @@ class LabelMap:
     splits: Mapping[str, str] = field(default_factory=dict)
     unmapped: str = "error"
     names: Mapping[str, str] = field(default_factory=dict)
+    rules: Mapping[str, ColumnRule] = field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], source: str) -> LabelMap:
@@ -74,7 +91,11 @@ class LabelMap:
             )
         labels: dict[str, tuple[str, ...]] = {}
         names: dict[str, str] = {}
+        rules: dict[str, ColumnRule] = {}
         for name, target in dict(data.get("labels", {})).items():
+            if isinstance(target, Mapping):
+                rules[key(name)] = _column_rule(name, target, source)
+                target = target.get("finding", ())
             ids = (target,) if isinstance(target, str) else tuple(target)
             unknown = [t for t in ids if t not in FINDING_IDS]
             if unknown or not ids:
@@ -96,16 +117,48 @@ class LabelMap:
         unmapped = data.get("unmapped", "error")
         if unmapped not in ("error", "ignore"):
             raise ConfigError(f"{source}: unmapped must be 'error' or 'ignore', got {unmapped!r}")
-        return cls(source, labels, views, default_view, splits, unmapped, names)
+        return cls(source, labels, views, default_view, splits, unmapped, names, rules)
 
     @property
     def findings(self) -> list[str]:
-        """Canonical findings this map can produce, in vocabulary order."""
-        return in_vocabulary_order(t for ids in self.labels.values() for t in ids)
+        """Canonical findings this map can produce (derived ones included), in vocabulary order."""
+        return with_derived(t for ids in self.labels.values() for t in ids)
 
     def sources_of(self, finding: str) -> list[str]:
-        """The source names mapped to ``finding`` (as written in the map)."""
-        return [self.names[k] for k, ids in self.labels.items() if finding in ids]
+        """The source names mapped to ``finding`` (as written in the map); for a derived finding
+        the map provides, also those of its parts."""
+        direct = {t for ids in self.labels.values() for t in ids}
+        parts = DERIVED.get(finding, ())
+        wanted = {finding, *parts} if direct.issuperset(parts) and parts else {finding}
+        return [self.names[k] for k, ids in self.labels.items() if wanted & set(ids)]
+
+
+def _column_rule(name: str, rule: Mapping[str, Any], source: str) -> ColumnRule:
+    """A column rule from its JSON object; ConfigError naming the column for a bad key or value."""
+    where = f"{source}: label {name!r}"
+    unknown = sorted(set(rule) - _RULE_KEYS)
+    if unknown or "finding" not in rule:
+        problem = f"unknown key(s) {', '.join(unknown)}" if unknown else "no 'finding'"
+        raise ConfigError(
+            f"{where}: {problem}; a column rule has 'finding' (an id or ids) and optionally "
+            "'values' and 'threshold'"
+        )
+    values = rule.get("values")
+    if values is not None and not (
+        isinstance(values, Mapping) and all(_is_number(v) for v in values.values())
+    ):
+        raise ConfigError(f"{where}: 'values' must map codes to numbers, got {values!r}")
+    threshold = rule.get("threshold")
+    if threshold is not None and not (_is_number(threshold) and threshold > 0):
+        raise ConfigError(
+            f"{where}: 'threshold' must be a number above 0 (grades >= it become 1), got "
+            f"{threshold!r}"
+        )
+    return ColumnRule(None if values is None else dict(values), threshold)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 def load_label_map(name_or_path: str | Path) -> LabelMap:
@@ -172,7 +225,32 @@ def labels_from_lists(
     if pairs:
         r, c = np.array(pairs).T
         out[r, c] = 1.0
-    return pd.DataFrame(out, columns=findings, index=lists.index)
+    return add_derived(pd.DataFrame(out, columns=findings, index=lists.index))
+
+
+def add_derived(labels: pd.DataFrame) -> pd.DataFrame:
+    """``labels`` plus each derived finding (``findings.DERIVED``) whose parts are all columns:
+    the merge (1 > -1 > 0 > NaN) of its parts and of its own column when the table gave one.
+
+    Examples
+    --------
+    >>> add_derived(pd.DataFrame({"nodule": [1.0, 0.0, np.nan], "mass": [0.0, -1.0, np.nan]}))
+       nodule_mass  nodule  mass
+    0          1.0     1.0   0.0
+    1         -1.0     0.0  -1.0
+    2          NaN     NaN   NaN
+    """
+    derived = {
+        finding: [c for c in (finding, *parts) if c in labels]
+        for finding, parts in DERIVED.items()
+        if all(p in labels for p in parts)
+    }
+    if not derived:
+        return labels
+    out = labels.copy()
+    for finding, columns in derived.items():
+        out[finding] = merge_labels(labels[columns].to_numpy(dtype=np.float32))
+    return out[in_vocabulary_order(out.columns)]
 
 
 def _check_unmapped(
@@ -203,7 +281,9 @@ def labels_from_columns(
     """Finding columns from a wide table with one column per source label (1/0/-1/blank).
 
     Columns match the map case-insensitively; several columns mapped to one finding merge by
-    ``merge_labels``. ``values`` recodes strings (e.g. ``{"yes": 1, "no": 0}``) before checking.
+    ``merge_labels``. ``values`` recodes strings (e.g. ``{"yes": 1, "no": 0}``) before checking,
+    unless the column's own rule in the map gives its own codes; a rule's ``threshold`` then
+    turns ordinal grades into 0/1 (-1 stays uncertain).
     """
     by_finding: dict[str, list[str]] = {}
     for column in table.columns:
@@ -214,29 +294,75 @@ def labels_from_columns(
             f"{source}: no label columns found; expected some of "
             f"{', '.join(sorted(label_map.names.values()))} (see {label_map.source})"
         )
-    parsed = {c: _label_values(table[c], source, values) for cs in by_finding.values() for c in cs}
+    parsed = {
+        c: _label_values(table[c], source, _rule(label_map, c, values))
+        for cs in by_finding.values()
+        for c in cs
+    }
     findings = in_vocabulary_order(by_finding)
     merged = {
         f: merge_labels(np.column_stack([parsed[c] for c in by_finding[f]])) for f in findings
     }
-    return pd.DataFrame(merged, columns=findings, index=table.index)
+    return add_derived(pd.DataFrame(merged, columns=findings, index=table.index))
 
 
-def _label_values(column: pd.Series, source: str, values: Mapping[str, float] | None) -> np.ndarray:
+def _rule(label_map: LabelMap, column: str, values: Mapping[str, float] | None) -> ColumnRule:
+    """The column's rule, its codes defaulting to the table-wide ``values``."""
+    rule = label_map.rules.get(key(column), ColumnRule())
+    return ColumnRule(values if rule.values is None else rule.values, rule.threshold)
+
+
+def _label_values(column: pd.Series, source: str, rule: ColumnRule) -> np.ndarray:
+    """One column's labels as float32: recoded by the rule's codes, thresholded if it has one."""
+    where = f"{source}: row {{row}}, column {column.name!r}: value {{value!r}}"
     if not pd.api.types.is_numeric_dtype(column):
-        codes = {key(k): v for k, v in (values or {}).items()}
+        codes = {key(k): v for k, v in (rule.values or {}).items()}
         column = column.map(
             lambda v: (codes.get(key(v), v) if v.strip() else np.nan) if isinstance(v, str) else v
         )
     numbers = pd.to_numeric(column, errors="coerce").to_numpy(dtype=np.float32)
     unparsed = column.notna().to_numpy() & np.isnan(numbers)
+    if rule.threshold is not None:
+        bad = np.flatnonzero(unparsed | ((numbers < 0) & (numbers != -1)))
+        if bad.size:
+            raise DataFormatError(
+                where.format(row=bad[0], value=_plain(column.iloc[bad[0]]))
+                + f" is not a grade (a number >= 0, -1 for uncertain) or blank; this column is "
+                f"thresholded at {rule.threshold} (recode text grades with the column's 'values')"
+            )
+        graded = (numbers >= rule.threshold).astype(np.float32)
+        return np.where(np.isnan(numbers) | (numbers == -1), numbers, graded)
     bad = np.flatnonzero(unparsed | ~(np.isnan(numbers) | np.isin(numbers, (1.0, 0.0, -1.0))))
     if bad.size:
         raise DataFormatError(
-            f"{source}: row {bad[0]}, column {column.name!r}: value {_plain(column.iloc[bad[0]])!r} is not "
-            "1, 0, -1 or blank (recode it with a 'values' map)"
+            where.format(row=bad[0], value=_plain(column.iloc[bad[0]]))
+            + " is not 1, 0, -1 or blank (recode it with a 'values' map, or give the column a "
+            "'threshold' if it holds grades)"
         )
     return numbers
+
+
+def warn_unmapped_columns(columns: Iterable[str], label_map: LabelMap, source: str) -> list[str]:
+    """Log a warning for each column the map does not know, naming the closest known finding, so a
+    misspelt label column (``Cardiomegally``) is never dropped without a word. Returns them."""
+    unmapped = [c for c in columns if key(c) not in label_map.labels]
+    known = {key(f.name): f.id for f in FINDINGS} | {key(f.id): f.id for f in FINDINGS}
+    known |= {
+        k: f"{label_map.names[k]!r} ({', '.join(ids)})"
+        for k, ids in label_map.labels.items()
+        if k not in known
+    }
+    for column in unmapped:
+        close = difflib.get_close_matches(key(column), list(known), n=1, cutoff=0.6)
+        hint = f"closest known finding: {known[close[0]]}" if close else "no known finding is close"
+        log.warning(
+            "%s: column %r is not a label the map knows and is left out (%s); map it under "
+            "'findings' in a column map, or list it under 'ignore'",
+            source,
+            column,
+            hint,
+        )
+    return unmapped
 
 
 def _map_distinct(raw: pd.Series, convert: Any) -> pd.Series:
