@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cxrprobe.data.decode import read_grayscale, sniff_format
+from cxrprobe.data.decode import read_grayscale, read_raw, sniff_format
 from cxrprobe.errors import DecodeError, InputFileError, MissingDependencyError
 from tests.image_fixtures import (
     jpeg_bytes,
@@ -172,6 +172,64 @@ def test_dicom_lossless_without_decoder_names_the_extra(tmp_path, monkeypatch):
         read_grayscale(path)
 
 
+# ------------------------------------------------------------------- raw (the study's reading)
+def test_raw_png_is_8_bit_with_the_high_byte_of_16_bit(tmp_path):
+    eight = radiograph_like(20, 30)
+    raw = read_raw(write_png(tmp_path / "a.png", eight))
+    assert raw.pixels.dtype == np.uint8 and not raw.monochrome1
+    np.testing.assert_array_equal(raw.pixels, eight)
+    sixteen = radiograph_like(20, 30, dtype="uint16")
+    raw = read_raw(write_png(tmp_path / "b.png", sixteen))
+    np.testing.assert_array_equal(raw.pixels, sixteen // 256)  # libpng's strip_16, as cv2.imread
+
+
+def test_raw_colour_is_opencv_fixed_point_gray(tmp_path):
+    rgb = np.random.default_rng(0).integers(0, 256, size=(16, 16, 3), dtype=np.uint8)
+    raw = read_raw(write_png(tmp_path / "c.png", rgb)).pixels
+    try:
+        import cv2
+    except ImportError:  # BT.601 rounded to nearest: fixed-point weights are within 1e-4 of it
+        reference = rgb.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+        assert np.abs(raw - reference).max() <= 0.52
+    else:
+        np.testing.assert_array_equal(raw, cv2.cvtColor(rgb[..., ::-1].copy(), cv2.COLOR_BGR2GRAY))
+    equal = np.stack([radiograph_like(16, 16)] * 3, axis=-1)
+    np.testing.assert_array_equal(
+        read_raw(write_png(tmp_path / "e.png", equal)).pixels, equal[..., 0]
+    )
+
+
+def test_raw_dicom_is_stored_values_without_luts(tmp_path):
+    path = write_dicom(
+        tmp_path / "w.dcm",
+        STORED_12,
+        photometric="MONOCHROME1",
+        bits_stored=12,
+        rescale=(2.0, -100.0),
+        window=(2000.0, 3000.0),
+    )
+    raw = read_raw(path)
+    assert raw.monochrome1  # left to the caller, which inverts after its 8-bit step
+    np.testing.assert_array_equal(raw.pixels, STORED_12)
+    signed = STORED_12.astype(np.int16) - 2048
+    raw = read_raw(write_dicom(tmp_path / "s.dcm", signed, bits_stored=12, voi_lut=(0, 8, [1, 2])))
+    assert raw.pixels.dtype == np.int16 and not raw.monochrome1
+    np.testing.assert_array_equal(raw.pixels, signed)
+
+
+def test_raw_refuses_colour_dicom(tmp_path):
+    import pydicom
+
+    path = write_dicom(tmp_path / "rgb.dcm", radiograph_like(8, 8))
+    ds = pydicom.dcmread(path)
+    ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "RGB", 0
+    ds.PixelData = np.repeat(radiograph_like(8, 8)[..., None], 3, axis=-1).tobytes()
+    ds.save_as(path)
+    assert read_grayscale(path).shape == (8, 8)
+    with pytest.raises(DecodeError, match=r"rgb\.dcm: colour DICOM.*--preset default"):
+        read_raw(path)
+
+
 # ----------------------------------------------------------------------------- bad files
 def test_missing_file_names_it(tmp_path):
     with pytest.raises(InputFileError, match=r"nope\.png: image file not found"):
@@ -231,6 +289,18 @@ def test_real_monochrome1_is_inverse_of_its_monochrome2_twin(real_data):
     assert np.corrcoef(mono1.ravel(), mono2.ravel())[0, 1] < -0.99
     np.testing.assert_allclose(mono1, 1.0 - mono2, atol=1e-6)
     assert _lungs_vs_mediastinum(mono2) < -0.2  # the genuine MONOCHROME2 one: dark lungs
+
+
+def test_real_raw_reading_is_the_displayed_reading_of_8_bit_files(real_data):
+    """The shared files are 8-bit without LUTs: both readings agree, MONOCHROME1 aside."""
+    for path in _real_images(real_data):
+        if path.parent.name == "actualmed":
+            continue  # large; read by tests/test_preprocess_study.py
+        raw = read_raw(path)
+        displayed = np.rint(read_grayscale(path) * 255).astype(np.uint8)
+        expected = 255 - displayed if raw.monochrome1 else displayed
+        assert raw.monochrome1 == (path.name == "Fake_MONOHR1.dcm"), path
+        np.testing.assert_array_equal(raw.pixels, expected, err_msg=path.name)
 
 
 def _lungs_vs_mediastinum(gray: np.ndarray) -> float:

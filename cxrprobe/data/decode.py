@@ -1,17 +1,20 @@
-"""Reading radiographs as grayscale: PNG (8/16-bit), JPEG and DICOM, to float32 in [0, 1].
+"""Reading radiographs as grayscale: PNG (8/16-bit), JPEG and DICOM.
 
-The format is told by the file's first bytes, not its suffix (PadChest and VinDr use ``.dicom``,
-some releases rename PNGs). One decoder per format is pinned for reproducibility: Pillow for PNG
-and JPEG, and Pillow again for DICOMs with the JPEG-baseline transfer syntax (different JPEG
-decoders disagree by one grey level). See ``docs/images.md`` for the full rules.
+Two readings: :func:`read_grayscale` gives float32 in [0, 1] as a viewer displays the image
+(DICOM LUTs applied, MONOCHROME1 inverted); :func:`read_raw` gives the stored integer values as
+the study's code read them (no LUTs, 8-bit PNG/JPEG as OpenCV reads them, inversion left to the
+caller). The format is told by the file's first bytes, not its suffix (PadChest and VinDr use
+``.dicom``, some releases rename PNGs). One decoder per format is pinned for reproducibility:
+Pillow for PNG and JPEG, and Pillow again for DICOMs with the JPEG-baseline transfer syntax
+(different JPEG decoders disagree by one grey level). See ``docs/images.md`` for the full rules.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -23,6 +26,7 @@ DICOM_MAGIC_OFFSET = 128
 DICOM_SUFFIXES = (".dcm", ".dicom")
 JPEG_BASELINE = "1.2.840.10008.1.2.4.50"
 LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R BT.601, as Pillow's "L"
+OPENCV_LUMA_15 = (9798, 19235, 3735)  # OpenCV 4.x 8-bit BGR2GRAY: R, G, B weights, 15-bit shift
 
 _PILLOW_SCALE = {
     "1": 1.0,
@@ -86,14 +90,45 @@ def read_grayscale(path: str | os.PathLike) -> np.ndarray:
     return gray
 
 
+class RawImage(NamedTuple):
+    """Stored integer values of one radiograph (H, W), and whether it is DICOM MONOCHROME1
+    (low values bright: the caller inverts, after whatever scaling it does)."""
+
+    pixels: np.ndarray
+    monochrome1: bool
+
+
+def read_raw(path: str | os.PathLike) -> RawImage:
+    """Decode one radiograph to its stored values, the way the study's code read files.
+
+    PNG and JPEG as OpenCV's default ``cv2.imread`` then ``COLOR_BGR2GRAY`` give them: uint8, a
+    16-bit PNG keeping its high byte (libpng's ``png_set_strip_16``), colour by OpenCV's
+    fixed-point BT.601 weights (exact for colour-encoded grayscale). DICOM as pydicom's
+    ``pixel_array`` (first frame): no Modality LUT, rescale, VOI LUT or window, no inversion.
+
+    Raises the errors of :func:`read_grayscale`; a colour DICOM is refused (``DecodeError``).
+    """
+    fmt = sniff_format(path)
+    if fmt == "dicom":
+        raw = _read_dicom_raw(Path(path))
+    else:
+        raw = RawImage(_read_pillow(Path(path), _pillow_to_uint8), False)
+    if raw.pixels.ndim != 2 or raw.pixels.size == 0:
+        raise DecodeError(
+            f"{path}: decoded to shape {raw.pixels.shape}, expected a 2-D image; check the file"
+        )
+    return raw
+
+
 # ----------------------------------------------------------------------------- PNG and JPEG
-def _read_pillow(path: Path) -> np.ndarray:
+def _read_pillow(path: Path, convert: Callable[[Any], np.ndarray] | None = None) -> np.ndarray:
+    """Open with Pillow and convert by ``convert`` (default :func:`_pillow_to_gray`)."""
     from PIL import Image
 
     try:
         with Image.open(path) as image:
             image.load()
-            return _pillow_to_gray(image)
+            return (convert or _pillow_to_gray)(image)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise DecodeError(
             f"{path}: cannot decode the image ({type(exc).__name__}: {exc}); the file is corrupt or "
@@ -116,6 +151,35 @@ def _pillow_to_gray(image: Any) -> np.ndarray:
     )
 
 
+def _pillow_to_uint8(image: Any) -> np.ndarray:
+    """Pillow image → uint8 (H, W) as OpenCV's default ``imread`` + ``COLOR_BGR2GRAY`` give it."""
+    if image.mode in ("P", "PA", "CMYK", "YCbCr", "LAB", "HSV"):
+        image = image.convert("RGB")
+    if image.mode in ("LA", "La"):
+        image = image.getchannel("L")
+    if image.mode in ("1", "L"):
+        return np.asarray(image.convert("L"), dtype=np.uint8)
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        high_byte = np.asarray(image).astype(np.int64) >> 8
+        return np.clip(high_byte, 0, 255).astype(np.uint8)
+    if image.mode in ("RGB", "RGBA", "RGBX", "RGBa"):
+        return opencv_gray(np.asarray(image)[..., :3])
+    raise DecodeError(
+        f"unsupported Pillow image mode {image.mode!r}; convert the file to 8- or 16-bit grayscale PNG"
+    )
+
+
+def opencv_gray(rgb: np.ndarray) -> np.ndarray:
+    """uint8 (H, W, 3) RGB → uint8 (H, W) by OpenCV 4.x's fixed-point ``COLOR_BGR2GRAY``.
+
+    ``(9798 R + 19235 G + 3735 B + 2**14) >> 15``; the weights sum to 2**15, so equal channels
+    come back unchanged.
+    """
+    r, g, b = (rgb[..., i].astype(np.uint32) for i in range(3))
+    wr, wg, wb = OPENCV_LUMA_15
+    return ((wr * r + wg * g + wb * b + (1 << 14)) >> 15).astype(np.uint8)
+
+
 def color_to_gray(rgb: np.ndarray, max_value: float) -> np.ndarray:
     """(H, W, 3) colour-encoded grayscale → float32 (H, W) in [0, 1].
 
@@ -131,6 +195,26 @@ def color_to_gray(rgb: np.ndarray, max_value: float) -> np.ndarray:
 
 # ------------------------------------------------------------------------------------ DICOM
 def _read_dicom(path: Path) -> np.ndarray:
+    ds = _open_dicom(path)
+    arr = _dicom_pixels(path, ds)
+    if int(ds.get("SamplesPerPixel", 1)) > 1:
+        return color_to_gray(arr[..., :3], 2 ** int(ds.BitsStored) - 1)
+    return dicom_to_unit(arr, ds, path)
+
+
+def _read_dicom_raw(path: Path) -> RawImage:
+    ds = _open_dicom(path)
+    if int(ds.get("SamplesPerPixel", 1)) > 1:
+        raise DecodeError(
+            f"{path}: colour DICOM; the raw (study) decoding reads grayscale DICOMs only, as the "
+            "study did: use the default decoding (--preset default) or drop its row"
+        )
+    photometric = _photometric(ds, path)
+    return RawImage(_dicom_pixels(path, ds), photometric == "MONOCHROME1")
+
+
+def _open_dicom(path: Path) -> Any:
+    """The dataset of a DICOM file that holds pixel data."""
     try:
         import pydicom
         from pydicom.errors import InvalidDicomError
@@ -148,10 +232,17 @@ def _read_dicom(path: Path) -> np.ndarray:
         raise DecodeError(
             f"{path}: DICOM without pixel data (a report or structured file?); drop its row"
         )
-    arr = _dicom_pixels(path, ds)
-    if int(ds.get("SamplesPerPixel", 1)) > 1:
-        return color_to_gray(arr[..., :3], 2 ** int(ds.BitsStored) - 1)
-    return dicom_to_unit(arr, ds, path)
+    return ds
+
+
+def _photometric(ds: Any, path: str | os.PathLike) -> str:
+    """``MONOCHROME1`` or ``MONOCHROME2``; any other grayscale interpretation is refused."""
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
+    if photometric not in ("MONOCHROME1", "MONOCHROME2"):
+        raise DecodeError(
+            f"{path}: unsupported DICOM photometric interpretation {photometric!r}; convert it"
+        )
+    return photometric
 
 
 def _dicom_pixels(path: Path, ds: Any) -> np.ndarray:
@@ -198,11 +289,7 @@ def dicom_to_unit(arr: np.ndarray, ds: Any, path: str | os.PathLike = "<dataset>
     """
     from pydicom.pixels import apply_modality_lut, apply_windowing
 
-    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
-    if photometric not in ("MONOCHROME1", "MONOCHROME2"):
-        raise DecodeError(
-            f"{path}: unsupported DICOM photometric interpretation {photometric!r}; convert it"
-        )
+    photometric = _photometric(ds, path)
     try:
         values = apply_modality_lut(arr, ds)
         low, high = _modality_range(ds)
