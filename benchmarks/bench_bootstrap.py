@@ -5,7 +5,8 @@ not annotated, scores rounded to 4 decimals so ties occur), two correlated model
 paired resamples on ``--device``. Prints one JSON line:
 
 - ``bootstrap_s``: both models' AUROC on every resample and label (counts drawn, sorted plans
-  built, chunks evaluated, results on the host);
+  built, chunks evaluated, results on the host); on CUDA the draws are generated on the GPU
+  (counter-based, the same numbers as on the CPU);
 - ``end_to_end_s``: the whole ``compare_predictions`` (the above plus Youden threshold metrics on
   the same counts, percentile CIs, bootstrap p-values, BH-FDR and DeLong), from arrays in memory;
 - ``baseline_s_per_resample``: the straightforward loop, ``roc_auc_score`` per model and label on
@@ -16,6 +17,9 @@ paired resamples on ``--device``. Prints one JSON line:
 - ``peak_mem_mb``: CUDA ``max_memory_allocated`` during the bootstrap, or on CPU the growth of the
   process's peak resident set over the bootstrap (an upper bound); ``naive_bnl_mb`` is the size a
   B x n x L float64 array would take, for contrast.
+
+Whole-process ``cxrprobe compare`` timings (start-up, reading files, the report) are
+``benchmarks/bench_compare.py``.
 
 Example: ``python benchmarks/bench_bootstrap.py --n 20000 --labels 5 --resamples 200``
 """
@@ -30,16 +34,10 @@ import resource
 import time
 
 import numpy as np
-import torch
 from sklearn.metrics import roc_auc_score
 
-from cxrprobe.stats.bootstrap import (
-    AurocStatistic,
-    default_chunk,
-    make_resampler,
-    resolve_device,
-    run_bootstrap,
-)
+from cxrprobe.stats.bootstrap import AurocStatistic, make_resampler, run_bootstrap
+from cxrprobe.stats.engine import default_chunk, make_backend
 from cxrprobe.stats.predictions import Predictions
 from cxrprobe.stats.report import BootstrapOptions, compare_predictions
 
@@ -88,25 +86,26 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
-    device = resolve_device(args.device)
+    engine = make_backend(args.device)
+    cuda = engine.name == "torch"
+    device = str(engine.device)
     targets, a, b = synthetic(args.n, args.labels, args.seed)
     resampler = make_resampler(args.n, args.resamples, seed=args.seed)
-    if device.type == "cuda":  # warm up kernels and the allocator outside the timing
-        run_bootstrap(make_resampler(args.n, 2), {"a": AurocStatistic(targets, a)}, device="cuda")
+    if cuda:  # warm up kernels and the allocator outside the timing
+        import torch
+
+        run_bootstrap(make_resampler(args.n, 2), {"a": AurocStatistic(targets, a)}, device=device)
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     rss_before = peak_rss_mb()
     start = time.perf_counter()
     statistics = {"a": AurocStatistic(targets, a), "b": AurocStatistic(targets, b)}
-    boot = run_bootstrap(resampler, statistics, device=str(device), chunk_size=args.chunk_size)
+    boot = run_bootstrap(resampler, statistics, device=device, chunk_size=args.chunk_size)
     bootstrap_s = time.perf_counter() - start
-    if device.type == "cuda":
-        peak_mb = torch.cuda.max_memory_allocated() / 2**20
-    else:
-        peak_mb = peak_rss_mb() - rss_before
+    peak_mb = torch.cuda.max_memory_allocated() / 2**20 if cuda else peak_rss_mb() - rss_before
 
     options = BootstrapOptions(
-        resamples=args.resamples, seed=args.seed, device=str(device), chunk_size=args.chunk_size
+        resamples=args.resamples, seed=args.seed, device=device, chunk_size=args.chunk_size
     )
     names = [str(i) for i in range(args.n)]
     labels = [f"label{k}" for k in range(args.labels)]
@@ -127,13 +126,12 @@ def main() -> None:
         "labels": args.labels,
         "resamples": args.resamples,
         "models": 2,
-        "device": str(device),
+        "device": device,
         "device_name": torch.cuda.get_device_name(device)
-        if device.type == "cuda"
+        if cuda
         else platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "chunk_size": args.chunk_size or default_chunk(args.n, device),
+        "chunk_size": args.chunk_size or default_chunk(args.n, "cuda" if cuda else "cpu"),
         "bootstrap_s": round(bootstrap_s, 3),
         "end_to_end_s": round(end_to_end_s, 3),
         "baseline_resamples_timed": count,
@@ -144,7 +142,7 @@ def main() -> None:
         "max_abs_diff_vs_baseline": float(np.max(np.abs(fast[both] - reference[both]))),
         "peak_mem_mb": round(peak_mb, 1),
         "peak_mem_kind": "cuda max_memory_allocated"
-        if device.type == "cuda"
+        if cuda
         else "growth of peak RSS during the bootstrap (upper bound)",
         "naive_bnl_mb": round(args.resamples * args.n * args.labels * 8 / 2**20, 1),
         "mean_delta": report["mean"]["delta"],

@@ -135,7 +135,7 @@ def loader_only(cache: Path, args: argparse.Namespace, workers: int, pin: bool) 
     """Images/s of the extraction's input pipeline alone (cache reads, collate, pinning), no model."""
     from torch.utils.data import DataLoader
 
-    from cxrprobe.data.loading import CachedImages, collate_images
+    from cxrprobe.cache.source import CachedImages, collate_images
 
     batches = [
         list(range(i, min(i + args.batch_size, args.n))) for i in range(0, args.n, args.batch_size)

@@ -1,6 +1,6 @@
 """Fine-tuning throughput: training images/s (forward + backward + optimiser step) of the real loop.
 
-Runs :func:`cxrprobe.probe.finetune.finetune` twice on synthetic data with the same settings:
+Runs :func:`cxrprobe.finetune.finetune` twice on synthetic data with the same settings:
 
 - ``memory``: uint8 images held in memory (no I/O; the ceiling the model allows),
 - ``cache``: the same kind of images read from a synthetic image cache (a Zarr store written the
@@ -32,8 +32,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cxrprobe.cache.source import from_arrays, from_cache
 from cxrprobe.cache.store import ArraySpec, RowMetadata, RowStore
-from cxrprobe.probe.finetune import FinetuneConfig, finetune, from_arrays, from_cache
+from cxrprobe.finetune import FinetuneConfig, finetune
 from cxrprobe.provenance import versions
 
 TARGET_IMAGES_PER_S = 800

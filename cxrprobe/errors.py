@@ -17,6 +17,10 @@ class DataFormatError(CxrprobeError, ValueError):
     """A file exists but its content is not what the format requires (names the row/column)."""
 
 
+class LeakageError(DataFormatError):
+    """A patient has images in more than one split (refused unless ``--allow-leakage``)."""
+
+
 class DecodeError(CxrprobeError, ValueError):
     """An image could not be decoded (corrupt, unsupported transfer syntax, empty)."""
 
@@ -39,3 +43,12 @@ class WeightsError(CxrprobeError, FileNotFoundError):
 
 class MissingDependencyError(CxrprobeError, ImportError):
     """An optional dependency is needed; the message names the extra to install."""
+
+
+class OutputError(CxrprobeError, OSError):
+    """An output cannot be written where asked: read-only, full disk, a file where a folder is
+    expected, or an existing folder that ``--overwrite`` must not replace."""
+
+
+class OutputLockedError(CxrprobeError, RuntimeError):
+    """Another process is writing the same output (the message names its pid and host)."""

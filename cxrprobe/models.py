@@ -2,7 +2,8 @@
 
 Every command that needs a backbone (``extract``, ``finetune``) calls :func:`create_model`, which
 returns the timm model and a :class:`ModelSpec` recording what was built (architecture, input and
-patch size, normalisation from the model's own config, and the sha256 of the weights loaded).
+patch size, how features are read out, normalisation from the model's own config unless ``mean``/
+``std`` override it, and the sha256 of the weights loaded).
 
 Initialisations:
 
@@ -14,15 +15,24 @@ Initialisations:
 ``imagenet``    ``vit_base_patch16_224.augreg_in21k``       ``--weights`` or the Hugging Face hub
 ``mimic``       ``vit_base_patch16_224`` (or ``--arch``)    ``--weights`` required (a user checkpoint)
 ``random``      ``vit_base_patch16_224`` (or ``--arch``)    none (seeded random init)
-``timm:NAME``   any timm model with patch tokens            ``--weights`` or the Hugging Face hub
+``timm:NAME``   any timm model (ViT, CNN, ...)              ``--weights`` or the Hugging Face hub
+``run:DIR``     recorded by the fine-tuning run in ``DIR``  ``DIR/checkpoints/best.pt``
 a file path     ``--arch`` (required)                       the file itself
 ==============  ==========================================  ======================================
 
-Weight files are read by :mod:`cxrprobe.weights` (safetensors, or ``torch.load`` with
-``weights_only=True``) and converted by the model family's timm checkpoint filter, which maps
-original DINOv2 torch-hub checkpoints to timm's layout and resamples position embeddings to the
-requested input size. Hub weights are fetched only when no file is given, and fail fast offline
-with a message naming the file to download.
+``run:DIR`` is a finished ``cxrprobe finetune`` run (:mod:`cxrprobe.finetuned`): its backbone,
+built with the architecture, timm overrides and normalisation the run recorded (the head is
+dropped). ``--weights DIR/checkpoints/best.pt`` loads the same backbone under another ``--init``
+and likewise takes what the checkpoint recorded for whatever was not given.
+
+Two read-outs (``ModelSpec.readout``): ``token`` for ViTs with a class token (features are the
+class token and the patch-token mean), ``pooled`` for every other timm model, CNNs such as
+``densenet121`` included (timm's ``forward_head(pre_logits=True)`` and the spatial mean of
+``forward_features``). Weight files are read by :mod:`cxrprobe.weights` (safetensors, or
+``torch.load`` with ``weights_only=True``), which converts ``transformers`` DINOv2 checkpoints
+(e.g. RAD-DINO) and, through timm's checkpoint filter, original DINOv2 torch-hub checkpoints, and
+resamples position embeddings to the requested input size. Hub weights are fetched only when no
+file is given, and fail fast offline with a message naming the file to download.
 """
 
 from __future__ import annotations
@@ -30,18 +40,19 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from cxrprobe.errors import ConfigError, InputFileError, WeightsError
+from cxrprobe.finetuned import RUN_PREFIX, adopt_recorded, finished_run
 from cxrprobe.weights import (
-    detect_format,
     hub_weights_file,
-    is_dinov2_checkpoint,
     load_state_dict,
+    load_weights,
+    load_weights_file,
+    records_model_spec,
     sha256_file,
 )
 
@@ -117,7 +128,7 @@ class ModelSpec:
     init: str
     arch: str
     img_size: int
-    patch_size: int
+    patch_size: int | None  # None: no patch embedding (a CNN)
     embed_dim: int
     num_prefix_tokens: int
     mean: tuple[float, ...]
@@ -126,6 +137,8 @@ class ModelSpec:
     weights_sha256: str | None
     weights_source: str
     model_kwargs: dict[str, Any] = field(default_factory=dict)
+    readout: str = "token"  # "token": class token + patch mean; "pooled": timm pooling
+    normalization: str = "model config"  # or "--mean/--std" when overridden
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready fields (tuples as lists)."""
@@ -143,12 +156,17 @@ class _Choice:
     weights: str
     hint: str
     file: Path | None = None
+    recorded: dict[str, Any] | None = None  # a fine-tuning run's model spec (``run:DIR``)
 
 
 def describe_inits() -> str:
     """One line per registered initialisation, for help texts."""
     rows = [f"{init.name}: {init.description} ({init.arch})" for init in INITS.values()]
-    rows += ["timm:NAME: any timm ViT-style model", "PATH: a local checkpoint file (with --arch)"]
+    rows += [
+        "timm:NAME: any timm model (ViTs; CNNs such as densenet121 give pooled features)",
+        "run:DIR: the backbone of a finished `cxrprobe finetune` run (its --out folder)",
+        "PATH: a local checkpoint file (with --arch)",
+    ]
     return "\n".join(rows)
 
 
@@ -184,6 +202,14 @@ def resolve_init(
             )
         hint = f"the weights of {name} (model.safetensors of its Hugging Face hub repository)"
         return _Choice(init, name, "hub", hint)
+    if init.startswith(RUN_PREFIX):
+        run = finished_run(init[len(RUN_PREFIX) :])
+        if weights is not None:
+            raise ConfigError(
+                f"--init {init} takes its weights from the run ({run.checkpoint}); drop --weights"
+            )
+        label = f"{RUN_PREFIX}{run.folder}"
+        return _Choice(label, run.model["arch"], "run", "", run.checkpoint, run.model)
     path = Path(init)
     if path.exists() or path.suffix in _WEIGHT_SUFFIXES or os.sep in init:
         if not path.is_file():
@@ -198,7 +224,7 @@ def resolve_init(
                 "e.g. vit_base_patch16_224)"
             )
         return _Choice("file", arch, "file", "", file=path)
-    known = ", ".join([*INITS, "timm:NAME", "a checkpoint path"])
+    known = ", ".join([*INITS, "timm:NAME", "run:DIR", "a checkpoint path"])
     raise ConfigError(f"--init {init!r} is not a known initialisation; choose one of: {known}")
 
 
@@ -210,6 +236,8 @@ def create_model(
     arch: str | None = None,
     model_kwargs: Mapping[str, Any] | None = None,
     drop_path_rate: float = 0.0,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
 ) -> tuple[Any, ModelSpec]:
     """Build the backbone of an initialisation and load its weights.
 
@@ -217,74 +245,92 @@ def create_model(
     ----------
     init : a registry name (``dinov2``, ``dinov2-reg``, ``imagenet``, ``mimic``, ``random``),
         ``timm:NAME`` or a checkpoint path.
-    weights : a weights file (safetensors, timm state dict or original DINOv2 checkpoint); without
-        it hub initialisations fetch timm's published weights.
-    img_size : square input size; must be a multiple of the patch size. Position embeddings of the
-        weights are resampled to it.
+    weights : a weights file (safetensors, timm state dict, original or ``transformers`` DINOv2
+        checkpoint); without it hub initialisations fetch timm's published weights.
+    img_size : square input size; a multiple of the patch size for ViTs. Position embeddings of
+        the weights are resampled to it.
     num_classes : 0 for a feature extractor (no head), else a new (or matching) classifier head.
     arch : timm architecture for ``mimic``, ``random`` and checkpoint paths.
     model_kwargs : timm constructor overrides (e.g. ``{"depth": 2, "embed_dim": 64}`` for tests).
     drop_path_rate : stochastic depth rate (fine-tuning).
+    mean, std : per-channel input normalisation (1 or 3 values) replacing the model config's, for
+        weights trained with other statistics (e.g. RAD-DINO, or a MIMIC checkpoint).
 
     Returns
     -------
     (model, spec): the timm module (train mode, on CPU) and its :class:`ModelSpec`.
     """
     choice = resolve_init(init, weights, arch)
-    kwargs = dict(model_kwargs or {})
+    path = choice.file if choice.file is not None else None if weights is None else Path(weights)
+    state, recorded = None, choice.recorded
+    if recorded is None and path is not None and records_model_spec(path):  # read it first
+        state, recorded = load_weights_file(path)
+    adopted = adopt_recorded(
+        recorded,
+        source=str(choice.label if choice.recorded else path),
+        arch=arch,
+        fixed_arch=choice.arch if choice.weights == "hub" else None,
+        model_kwargs=model_kwargs,
+        mean=mean,
+        std=std,
+    )
+    choice = dataclasses.replace(choice, arch=adopted.arch or choice.arch)
+    norm = {"mean": _channels("--mean", adopted.mean), "std": _channels("--std", adopted.std)}
+    if norm["std"] is not None and min(norm["std"]) <= 0:
+        raise ConfigError(f"--std must be positive, got {list(norm['std'])}")
+    kwargs = adopted.model_kwargs
     model = _build(choice.arch, img_size, num_classes, kwargs, drop_path_rate)
-    path: Path | None = None
-    source = "random"
-    if choice.file is not None:
-        path, source = choice.file, "file"
-    elif weights is not None:
-        path, source = Path(weights), "file"
-    elif choice.weights == "hub":
+    source = "random" if path is None else choice.label if choice.recorded else "file"
+    if path is None and choice.weights == "hub":
         path = hub_weights_file(model.pretrained_cfg, choice.label, choice.hint)
         source = f"hf-hub:{model.pretrained_cfg['hf_hub_id']}"
     digest = None
     if path is not None:
-        detect_format(path)
-        load_weights(model, load_state_dict(path), path)
+        load_weights(model, load_state_dict(path) if state is None else state, path)
         digest = sha256_file(path)
-    return model, _spec(model, choice, img_size, path, digest, source, kwargs)
+    spec = _spec(model, choice, img_size, path, digest, source, kwargs, norm)
+    if adopted.normalization:
+        spec = dataclasses.replace(spec, normalization=adopted.normalization)
+    return model, spec
+
+
+def _channels(option: str, values: Sequence[float] | None) -> tuple[float, ...] | None:
+    """1 or 3 per-channel values as a 3-tuple of floats (None stays None)."""
+    if values is None:
+        return None
+    values = tuple(float(v) for v in values)
+    if len(values) not in (1, 3):
+        raise ConfigError(f"{option} takes 1 or 3 values (one per channel), got {len(values)}")
+    return values * 3 if len(values) == 1 else values
 
 
 def _build(
     arch: str, img_size: int, num_classes: int, kwargs: dict[str, Any], drop_path_rate: float
 ) -> Any:
-    """Instantiate a timm model with seeded random weights and check it yields patch tokens.
+    """Instantiate a timm model with seeded random weights and check its input size and width.
 
     The seed makes ``random`` reproducible (same init, same embeddings, safe to resume) and
-    leaves the caller's random state untouched.
+    leaves the caller's random state untouched. Models without an ``img_size`` argument (CNNs)
+    take any input size and are built without it.
     """
-    import timm
-    import torch
-
+    options = {"num_classes": num_classes, "img_size": img_size, **kwargs}
+    if drop_path_rate:
+        options["drop_path_rate"] = drop_path_rate
     try:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(RANDOM_INIT_SEED)
-            model = timm.create_model(
-                arch,
-                pretrained=False,
-                num_classes=num_classes,
-                img_size=img_size,
-                drop_path_rate=drop_path_rate,
-                **kwargs,
-            )
+        model = _create(arch, options)
     except TypeError as exc:
-        raise ConfigError(
-            f"timm model {arch} does not accept these options ({exc}); check --model-kwargs"
-        ) from exc
+        if "img_size" not in str(exc) or "img_size" in kwargs:
+            raise _option_error(arch, exc) from exc
+        options.pop("img_size")
+        try:
+            model = _create(arch, options)
+        except TypeError as again:
+            raise _option_error(arch, again) from again
     except RuntimeError as exc:
         raise ConfigError(f"timm model {arch}: {exc}") from exc
     patch_embed = getattr(model, "patch_embed", None)
-    if patch_embed is None or not hasattr(model, "num_prefix_tokens"):
-        raise ConfigError(
-            f"timm model {arch} is not a ViT-style model with patch tokens; pick a ViT architecture"
-        )
-    patch = int(patch_embed.patch_size[0])
-    if img_size % patch:
+    patch = int(patch_embed.patch_size[0]) if patch_embed is not None else 0
+    if patch and img_size % patch:
         lower, upper = img_size - img_size % patch, img_size - img_size % patch + patch
         raise ConfigError(
             f"--size {img_size} is not a multiple of the patch size {patch} of {arch} (the last "
@@ -293,77 +339,41 @@ def _build(
     return model
 
 
-def load_weights(model: Any, state_dict: Mapping[str, Any], path: str | os.PathLike) -> None:
-    """Load a state dict into ``model`` through its timm checkpoint filter, strictly.
+def _create(arch: str, options: dict[str, Any]) -> Any:
+    import timm
+    import torch
 
-    The filter converts foreign layouts (original DINOv2) and resamples position embeddings. A
-    classifier head that does not fit the model (feature extractor, or another class count) is
-    dropped; any other missing, unexpected or misshapen key raises ``WeightsError`` listing a few.
-    """
-    state = dict(state_dict)
-    filter_fn = getattr(sys.modules.get(type(model).__module__), "checkpoint_filter_fn", None)
-    if filter_fn is not None:
-        try:
-            state = filter_fn(state, model)
-        except Exception as exc:  # timm filters raise assorted errors on foreign checkpoints
-            raise WeightsError(
-                f"{path}: cannot be converted for {_arch_name(model)} ({exc}); check --init/--arch"
-            ) from exc
-    own = model.state_dict()
-    heads = _classifier_keys(model)
-    for key in heads:
-        if key in state and (key not in own or own[key].shape != state[key].shape):
-            log.info(
-                "%s: dropping classifier %s %s (the model has its own head)",
-                path,
-                key,
-                tuple(state[key].shape),
-            )
-            del state[key]
-    missing = [k for k in own if k not in state and k not in heads]
-    unexpected = [k for k in state if k not in own]
-    misshapen = [
-        f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
-        for k in state
-        if k in own and state[k].shape != own[k].shape
-    ]
-    problems = [
-        f"{label}: {_few(keys)}"
-        for label, keys in (
-            ("missing", missing),
-            ("unexpected", unexpected),
-            ("wrong shape", misshapen),
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(RANDOM_INIT_SEED)
+        return timm.create_model(arch, pretrained=False, **options)
+
+
+def _option_error(arch: str, exc: TypeError) -> ConfigError:
+    if "drop_path_rate" in str(exc):
+        return ConfigError(
+            f"--drop-path: timm model {arch} has no stochastic depth; drop the option"
         )
-        if keys
-    ]
-    if problems:
-        raise WeightsError(
-            f"{path} does not fit {_arch_name(model)} ({'; '.join(problems)}); "
-            "check that --init/--arch match the checkpoint"
-        )
-    model.load_state_dict(state, strict=False)
-    kind = (
-        "original DINOv2 checkpoint (converted)"
-        if is_dinov2_checkpoint(state_dict)
-        else "state dict"
+    return ConfigError(
+        f"timm model {arch} does not accept these options ({exc}); check --model-kwargs"
     )
-    log.info("loaded %s from %s", kind, path)
 
 
-def _classifier_keys(model: Any) -> set[str]:
-    names = (getattr(model, "pretrained_cfg", None) or {}).get("classifier") or ()
-    names = (names,) if isinstance(names, str) else tuple(names)
-    return {f"{name}.{suffix}" for name in names for suffix in ("weight", "bias")}
+def check_embeddable(model: Any, spec: ModelSpec) -> None:
+    """Refuse extracting from a model whose pooled vector and feature map differ in width (a head
+    with its own layers, e.g. MobileNetV3): ``cls`` and ``mean`` share one width in a store."""
+    pooled = getattr(model, "head_hidden_size", None) or model.num_features
+    if spec.readout == "pooled" and pooled != model.num_features:
+        raise ConfigError(
+            f"timm model {spec.arch}: its pooled features ({pooled} wide, after the head's own "
+            f"layers) and its feature map ({model.num_features}) differ in width, which one "
+            "embedding store cannot hold; fine-tune it, or extract from another architecture"
+        )
 
 
-def _few(keys: list[str], n: int = 4) -> str:
-    more = f", … ({len(keys)} in all)" if len(keys) > n else ""
-    return ", ".join(keys[:n]) + more
-
-
-def _arch_name(model: Any) -> str:
-    cfg = getattr(model, "pretrained_cfg", None) or {}
-    return cfg.get("architecture") or type(model).__name__
+def readout_of(model: Any) -> str:
+    """``"token"`` for a ViT with a class token, ``"pooled"`` for any other timm model."""
+    has_cls = getattr(model, "cls_token", None) is not None
+    return "token" if has_cls and getattr(model, "num_prefix_tokens", 0) >= 1 else "pooled"
 
 
 def _spec(
@@ -374,21 +384,35 @@ def _spec(
     digest: str | None,
     source: str,
     kwargs: dict[str, Any],
+    norm: Mapping[str, tuple[float, ...] | None],
 ) -> ModelSpec:
     from timm.data import resolve_model_data_config
 
     data_cfg = resolve_model_data_config(model)
+    mean, std = (norm[k] or tuple(float(v) for v in data_cfg[k]) for k in ("mean", "std"))
+    if norm["mean"] or norm["std"]:
+        log.info(
+            "%s: input normalisation mean %s, std %s (the model config has %s, %s)",
+            choice.arch,
+            mean,
+            std,
+            tuple(data_cfg["mean"]),
+            tuple(data_cfg["std"]),
+        )
+    patch_embed = getattr(model, "patch_embed", None)
     return ModelSpec(
-        init=choice.label if choice.file is None else str(choice.file),
+        init=str(choice.file) if choice.label == "file" else choice.label,
         arch=choice.arch,
         img_size=int(img_size),
-        patch_size=int(model.patch_embed.patch_size[0]),
+        patch_size=None if patch_embed is None else int(patch_embed.patch_size[0]),
         embed_dim=int(model.num_features),
-        num_prefix_tokens=int(model.num_prefix_tokens),
-        mean=tuple(float(v) for v in data_cfg["mean"]),
-        std=tuple(float(v) for v in data_cfg["std"]),
+        num_prefix_tokens=int(getattr(model, "num_prefix_tokens", 0)),
+        mean=mean,
+        std=std,
         weights_path=None if path is None else str(Path(path).resolve()),
         weights_sha256=digest,
         weights_source=source,
         model_kwargs=dict(kwargs),
+        readout=readout_of(model),
+        normalization="--mean/--std" if norm["mean"] or norm["std"] else "model config",
     )

@@ -43,23 +43,34 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 
 
 def to_jsonable(value: Any) -> Any:
-    """Convert numpy scalars/arrays, paths and tuples into plain JSON types."""
+    """Convert numpy scalars/arrays, paths and tuples into plain JSON types.
+
+    Paths are written absolute (against the current folder), so a record still says which file
+    was meant when it is read from elsewhere.
+    """
     if isinstance(value, Mapping):
         return {str(k): to_jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [to_jsonable(v) for v in value]
     if isinstance(value, os.PathLike):
-        return os.fspath(value)
+        return os.path.abspath(os.fspath(value))
     if hasattr(value, "tolist"):
         return value.tolist()
     return value
 
 
 def _umask() -> int:
-    """The process umask (read by setting and restoring it), so atomic files get normal modes."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
+    """The process umask, so atomic files get normal modes: read from ``/proc`` on Linux (setting
+    and restoring it, the only other way, briefly changes it for every thread)."""
+    try:
+        status = Path("/proc/self/status").read_text()
+        return int(
+            next(line for line in status.splitlines() if line.startswith("Umask:")).split()[1], 8
+        )
+    except (OSError, StopIteration, ValueError, IndexError):
+        mask = os.umask(0o022)
+        os.umask(mask)
+        return mask
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
@@ -91,10 +102,12 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
 
 
 def run_record(command: str, config: Mapping[str, Any]) -> dict[str, Any]:
-    """The record every output gets: command, resolved config, versions and time."""
+    """The record every output gets: command, resolved config (paths absolute), the folder it ran
+    in, versions and time."""
     return {
         "command": command,
         "config": to_jsonable(dict(config)),
+        "cwd": os.getcwd(),
         "versions": versions(),
         "time": now_utc(),
     }
@@ -102,7 +115,9 @@ def run_record(command: str, config: Mapping[str, Any]) -> dict[str, Any]:
 
 def write_run_record(target: str | os.PathLike, command: str, config: Mapping[str, Any]) -> Path:
     """Write the run record (resolved config and versions): ``target/run.json`` for an output
-    folder, or ``target`` itself when it names a ``*.run.json`` file beside a single-file output."""
+    folder, or ``target`` itself when it names a ``.json`` file (``*.run.json`` beside a
+    single-file output; a Zarr store's is :attr:`cxrprobe.cache.layout.StoreFiles.run`, outside
+    its hierarchy)."""
     target = Path(target)
-    path = target if target.name.endswith(".run.json") else target / "run.json"
+    path = target if target.suffix == ".json" else target / "run.json"
     return atomic_write_json(path, run_record(command, config))

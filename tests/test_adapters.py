@@ -21,7 +21,7 @@ from cxrprobe.data.manifest import (
     validate_manifest,
     write_manifest,
 )
-from cxrprobe.data.policies import apply_uncertain
+from cxrprobe.data.targets import apply_uncertain
 from cxrprobe.errors import ConfigError, DataFormatError, InputFileError
 from tests.conftest import REAL_DATA
 
@@ -332,6 +332,96 @@ class TestGeneric(AdapterContract):
         with pytest.raises(DataFormatError, match="'maybe'"):
             get_adapter("generic").build(root, column_map=codes)
 
+    def test_uka_grades_thresholded_per_column_sides_merged(self, tmp_path):
+        fx.write_uka(tmp_path)
+        df = get_adapter("generic").build(tmp_path, column_map=fx.UKA_MAP).set_index("image_id")
+        raw = pd.read_csv(tmp_path / "uka.csv", dtype=str).set_index("Image")
+        grades = raw.replace(fx.UKA_MAP["values"]).apply(pd.to_numeric, errors="coerce")
+        for column, rule in fx.UKA_MAP["findings"].items():
+            if "threshold" not in rule:
+                continue
+            expected = np.where(
+                grades[column].isna() | (grades[column] == -1),
+                grades[column],
+                (grades[column] >= rule["threshold"]).astype(float),
+            )
+            np.testing.assert_array_equal(df[rule["finding"]].to_numpy(), expected, column)
+        for finding in ("pleural_effusion", "atelectasis"):  # derived: either side
+            sides = df[[f"{finding}_left", f"{finding}_right"]].to_numpy()
+            reference = [
+                1.0 if (row == 1).any() else -1.0 if (row == -1).any() else
+                0.0 if (row == 0).any() else np.nan
+                for row in sides
+            ]  # fmt: skip
+            np.testing.assert_array_equal(df[finding].to_numpy(), reference, finding)
+        assert df.at["u4.png", "atelectasis_right"] == -1  # -1 stays uncertain
+        assert df.at["u3.png", "split"] == "test"
+
+    def test_column_values_replace_the_global_map(self, tmp_path):
+        fx.write_uka(tmp_path)
+        binarise = {"0": 0, "1": 0, "2": 1, "3": 1, "4": 1}  # a map written for graded columns
+        own = {**fx.UKA_MAP, "values": binarise, "findings": {
+            "EffusionLeft": "pleural_effusion_left",
+            "Healthy": {"finding": "no_finding", "values": {"1": 1, "0": 0}},
+        }}  # fmt: skip
+        df = get_adapter("generic").build(tmp_path, column_map=own)
+        healthy = pd.read_csv(tmp_path / "uka.csv")["Healthy"].to_numpy(dtype=float)
+        np.testing.assert_array_equal(df["no_finding"].to_numpy(), healthy)  # 1 stays 1
+        left = pd.read_csv(tmp_path / "uka.csv")["EffusionLeft"].to_numpy()
+        np.testing.assert_array_equal(df["pleural_effusion_left"].to_numpy(), left >= 2)
+
+    def test_misspelt_column_warns_with_the_closest_finding(self, tmp_path, caplog):
+        fx.write_uka(tmp_path)
+        with caplog.at_level("WARNING", logger="cxrprobe.data.labelmap"):
+            df = get_adapter("generic").build(tmp_path, column_map=fx.UKA_MAP)
+        warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+        assert len(warned) == 1, warned  # Comment is ignored, every other column is mapped
+        assert "'Cardiomegally'" in warned[0]
+        assert "closest known finding: cardiomegaly" in warned[0]
+        assert "Cardiomegally" not in df.columns
+        caplog.clear()
+        quiet = {**fx.UKA_MAP, "ignore": ["Comment", "Cardiomegally"]}
+        with caplog.at_level("WARNING", logger="cxrprobe.data.labelmap"):
+            get_adapter("generic").build(tmp_path, column_map=quiet)
+        assert not [r for r in caplog.records if r.levelname == "WARNING"]
+
+    def test_canonical_csv_typo_is_reported(self, tmp_path, caplog):
+        pd.DataFrame(
+            {"image_id": ["x1", "x2"], "patient_id": ["p1", "p2"], "Cardiomegally": [1, 0],
+             "pleural_effusion": [0, 1]}
+        ).to_csv(tmp_path / "labels.csv", index=False)  # fmt: skip
+        with caplog.at_level("WARNING", logger="cxrprobe.data.labelmap"):
+            df = get_adapter("generic").build(tmp_path, split="random", val_frac=0, test_frac=0.5)
+        assert finding_columns(df) == ["pleural_effusion"]
+        assert any("closest known finding: cardiomegaly" in r.getMessage() for r in caplog.records)
+
+    @pytest.mark.parametrize(
+        "cell, message",
+        [("moderat", r"row 2, column 'Cardiomegaly': value 'moderat' is not a grade"),
+         ("-2", r"row 2, column 'Cardiomegaly': value '-2' is not a grade")],
+    )  # fmt: skip
+    def test_bad_grade_names_row_and_column(self, tmp_path, cell, message):
+        (tmp_path / "uka.csv").write_text(
+            fx.UKA_TABLE.replace("u3.png,q2,holdout,severe", f"u3.png,q2,holdout,{cell}")
+        )
+        with pytest.raises(DataFormatError, match=message):
+            get_adapter("generic").build(tmp_path, column_map=fx.UKA_MAP)
+
+    @pytest.mark.parametrize(
+        "rule, message",
+        [({"finding": "cardiomegaly", "threshold": 0}, "'threshold' must be a number above 0"),
+         ({"finding": "cardiomegaly", "threshold": "2"}, "'threshold' must be a number above 0"),
+         ({"finding": "cardiomegaly", "treshold": 2}, "unknown key.*treshold"),
+         ({"threshold": 2}, "no 'finding'"),
+         ({"finding": "cardiomegaly", "values": {"x": "one"}}, "'values' must map codes to numbers"),
+         ({"finding": "cardiomegally"}, "unknown finding")],
+    )  # fmt: skip
+    def test_bad_column_rule_names_the_column(self, tmp_path, rule, message):
+        fx.write_uka(tmp_path)
+        bad = {**fx.UKA_MAP, "findings": {"Cardiomegaly": rule}}
+        with pytest.raises(ConfigError, match=f"label 'Cardiomegaly'.*{message}"):
+            get_adapter("generic").build(tmp_path, column_map=bad)
+
 
 def test_registry_and_unknown_name():
     assert set(ADAPTERS) == {"chestxray14", "chexpert", "mimic", "vindr", "padchest", "generic"}
@@ -372,6 +462,7 @@ def test_real_chestxray14_counts_match_raw_labels(nih):
     names = raw["Finding Labels"].str.split("|").explode()
     direct = {
         "no_finding": ["No Finding"], "pleural_effusion": ["Effusion"], "nodule_mass": ["Mass", "Nodule"],
+        "nodule": ["Nodule"], "mass": ["Mass"],
         "infiltration": ["Infiltration"], "pleural_thickening": ["Pleural_Thickening"],
         "cardiomegaly": ["Cardiomegaly"], "hernia": ["Hernia"], "pneumothorax": ["Pneumothorax"],
     }  # fmt: skip

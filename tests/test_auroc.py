@@ -12,7 +12,18 @@ from sklearn.metrics import roc_auc_score
 
 from cxrprobe.stats.auroc import auroc, auroc_report, mean_auroc, midranks
 
-STATS_MODULES = ["auroc", "bootstrap", "delong", "multiple", "predictions", "thresholds"]
+STATS_MODULES = [
+    "auroc",
+    "bootstrap",
+    "calibration",
+    "delong",
+    "groups",
+    "intervals",
+    "multiple",
+    "predictions",
+    "thresholds",
+    "verdict",
+]
 
 
 def _sklearn_per_label(targets: np.ndarray, scores: np.ndarray) -> np.ndarray:

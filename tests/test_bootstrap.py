@@ -1,4 +1,6 @@
-"""Weighted bootstrap AUROC against slow references on the same counts; resampling; CIs; p."""
+"""Weighted bootstrap AUROC against slow references on the same counts; the counter-based
+draws (identical in numpy and torch, in every chunking); CIs; p; Youden thresholds; calibration
+statistics on the same counts; the numpy (CPU) and torch (CUDA) code paths agree."""
 
 from __future__ import annotations
 
@@ -12,17 +14,22 @@ from cxrprobe.devices import resolve_device
 from cxrprobe.errors import ConfigError
 from cxrprobe.stats.bootstrap import (
     AurocStatistic,
-    Weights,
-    bca_interval,
+    RankStatistic,
     make_resampler,
-    mean_over_labels,
-    paired_p_values,
-    percentile_interval,
-    row_weights,
     run_bootstrap,
     weighted_auroc,
 )
+from cxrprobe.stats.calibration import CalibrationStatistic
 from cxrprobe.stats.delong import jackknife_auroc
+from cxrprobe.stats.engine import Backend, TorchBackend
+from cxrprobe.stats.intervals import (
+    bca_interval,
+    mean_over_labels,
+    paired_p_values,
+    percentile_interval,
+    smallest_p,
+)
+from cxrprobe.stats.resample import draws_numpy, draws_torch
 from cxrprobe.stats.thresholds import ConfusionStatistic, threshold_metrics, youden_thresholds
 
 
@@ -70,7 +77,8 @@ def test_resample_with_one_class_is_nan():
     assert np.isnan(out[0, 0]) and out[1, 0] == 1.0
 
 
-def test_run_bootstrap_does_not_depend_on_chunk_size(bars):
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+def test_run_bootstrap_does_not_depend_on_chunk_size(bars, backend):
     targets, scores = _data(7)
     resampler = make_resampler(len(targets), n_resamples=10, seed=3)
     expected = weighted_auroc(targets, scores, resampler.counts(0, 10))
@@ -82,11 +90,63 @@ def test_run_bootstrap_does_not_depend_on_chunk_size(bars):
             device="cpu",
             chunk_size=chunk,
             progress=bars,
+            backend=backend,
         )
         np.testing.assert_array_equal(out["auc"], expected)
         (bar,) = bars
         assert bar.total == 10 and bar.closed
         assert bar.done == 10 and len(bar.updates) == -(-10 // chunk)
+
+
+@pytest.mark.parametrize("seed, start, stop, units", [(0, 0, 7, 13), (5, 3, 40, 100_003)])
+def test_draws_are_identical_in_numpy_and_torch_and_in_every_chunking(seed, start, stop, units):
+    whole = draws_numpy(seed, start, stop, units)
+    on_torch = draws_torch(seed, start, stop, units, torch.device("cpu")).numpy()
+    np.testing.assert_array_equal(whole, on_torch)
+    pieces = [draws_numpy(seed, b, min(b + 3, stop), units) for b in range(start, stop, 3)]
+    np.testing.assert_array_equal(whole, np.concatenate(pieces))
+    assert whole.min() >= 0 and whole.max() < units
+
+
+def _splitmix_reference(seed: int, b: int, i: int, units: int) -> int:
+    """The documented recipe in plain Python integers (independent of the array code)."""
+    mask, gamma = 2**64 - 1, 0x9E3779B97F4A7C15
+
+    def mix(z: int) -> int:
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
+        return z ^ (z >> 31)
+
+    key = mix((seed + gamma) & mask)
+    z = mix((key + ((b << 32) + i + 1) * gamma) & mask)
+    return int((z >> 11) * 2.0**-53 * units)
+
+
+def test_draws_follow_the_documented_recipe_and_are_pinned():
+    draws = draws_numpy(7, 2, 5, 1_000_003)
+    for b, i in [(2, 0), (3, 17), (4, 1_000_002)]:
+        assert draws[b - 2, i] == _splitmix_reference(7, b, i, 1_000_003)
+    # A change here changes every reported interval and p-value: it must be deliberate.
+    assert draws_numpy(0, 0, 2, 10).tolist() == [
+        [6, 7, 3, 6, 7, 1, 7, 2, 3, 5],
+        [1, 7, 7, 8, 6, 9, 3, 1, 9, 7],
+    ]
+    assert not np.array_equal(draws_numpy(1, 0, 1, 1000), draws_numpy(0, 0, 1, 1000))
+
+
+@pytest.mark.parametrize("units", [1, 2, 3, 7, 2**20, 2**20 + 1, 999_983, 2**32 - 1])
+def test_the_largest_draw_stays_below_the_number_of_units(units):
+    largest = float(2**53 - 1) * (units * 2.0**-53)  # u at its maximum, as both backends compute
+    assert int(largest) == units - 1
+
+
+def test_draws_are_uniform():
+    counts = np.bincount(draws_numpy(11, 0, 400, 500).ravel(), minlength=500)
+    assert scipy_stats.chisquare(counts).pvalue > 1e-3
+    # resample b and position i are independent: draw pairs (b, i), (b, i + 1) do not correlate
+    draws = draws_numpy(12, 0, 2000, 50).astype(float)
+    assert abs(np.corrcoef(draws[:, :-1].ravel(), draws[:, 1:].ravel())[0, 1]) < 0.02
+    assert abs(np.corrcoef(draws[:-1].ravel(), draws[1:].ravel())[0, 1]) < 0.02
 
 
 def test_resampler_is_seeded_and_counts_match_indices():
@@ -126,20 +186,30 @@ def test_cuda_without_cuda_is_refused():
 
 
 @pytest.mark.gpu
-def test_cpu_and_gpu_agree_on_the_same_counts():
+def test_cpu_and_gpu_draw_the_same_counts_and_agree():
     targets, scores = _data(11, n=3000, labels=4)
-    resampler = make_resampler(len(targets), 64, seed=5)
-    draws = resampler.draws(0, 64)
-    on_gpu = row_weights(resampler, draws, torch.device("cuda"))
-    on_cpu = row_weights(resampler, draws, torch.device("cpu"))
-    np.testing.assert_array_equal(on_gpu.data.cpu().numpy(), on_cpu.data.T.numpy())
+    np.testing.assert_array_equal(
+        draws_torch(5, 3, 70, 3001, torch.device("cuda")).cpu().numpy(),
+        draws_numpy(5, 3, 70, 3001),
+    )
+    patients = np.array([f"p{i // 3}" for i in range(len(targets))])
+    for resampler in (
+        make_resampler(len(targets), 64, seed=5),
+        make_resampler(len(targets), 64, seed=5, clusters=patients),
+    ):
+        on_gpu = TorchBackend(torch.device("cuda")).counts(resampler, 7, 40).data.cpu().numpy()
+        np.testing.assert_array_equal(on_gpu, Backend().counts(resampler, 7, 40).data)
+    statistics = {
+        "rank": RankStatistic(targets, scores, np.array([0.0, 0.5, np.nan, 1.0])),
+        "cal": CalibrationStatistic(targets, 1 / (1 + np.exp(-scores)), 10),
+    }
     outs = [
-        run_bootstrap(resampler, {"auc": AurocStatistic(targets, scores)}, device=d, chunk_size=c)[
-            "auc"
-        ]
+        run_bootstrap(resampler, statistics, device=d, chunk_size=c)
         for d, c in (("cpu", 7), ("cuda", 64))
     ]
-    np.testing.assert_allclose(outs[0], outs[1], rtol=0, atol=1e-9)
+    for key in ("auc", "conf"):
+        np.testing.assert_array_equal(outs[0]["rank"][key], outs[1]["rank"][key])
+    np.testing.assert_allclose(outs[0]["cal"], outs[1]["cal"], rtol=0, atol=1e-9)
 
 
 def test_device_fixture_paths_agree(device):
@@ -194,11 +264,21 @@ def test_paired_p_values_by_hand():
             [np.nan, np.nan, 0.0],
         ]
     )
-    p, p_two = paired_p_values(deltas, np.array([0.15, -0.2, 0.0]))
-    # label 0: B better; B fails to win in 2 of the 4 defined resamples (-0.1 and a tie 0.0)
-    # label 1: A better; A fails to win in 1 of 4 (0.1); label 2: equal AUROCs -> 1
-    np.testing.assert_allclose(p, [0.5, 0.25, 1.0])
-    np.testing.assert_allclose(p_two, [1.0, 0.5, 1.0])
+    p = paired_p_values(deltas, np.array([0.15, -0.2, 0.0]))
+    # the study's p, a plain share: label 0: B better; B fails to win in 2 of the 4 defined
+    # resamples (-0.1 and a tie 0.0); label 1: A better; A fails to win in 1 of 4 (0.1);
+    # label 2: equal AUROCs -> 1
+    np.testing.assert_allclose(p.study_one_sided, [0.5, 0.25, 1.0])
+    # two-sided, (k + 1) / (B + 1): label 0: min(#<=0 = 2, #>=0 = 3) -> 2 * 3 / 5, capped at 1;
+    # label 1: min(3, 1) -> 2 * 2 / 5; label 2: all five are 0 -> 2 * 6 / 6, capped at 1
+    np.testing.assert_allclose(p.two_sided, [1.0, 0.8, 1.0])
+
+
+def test_two_sided_p_is_never_below_two_over_b_plus_one():
+    deltas = np.full((19, 2), 0.1)  # B wins in every resample
+    p = paired_p_values(deltas, np.array([0.1, 0.1]))
+    np.testing.assert_allclose(p.two_sided, [2 / 20] * 2)
+    assert p.two_sided[0] == smallest_p(19) and p.study_one_sided[0] == 0.0
 
 
 def test_jackknife_auroc_equals_leave_one_out_sklearn():
@@ -210,17 +290,40 @@ def test_jackknife_auroc_equals_leave_one_out_sklearn():
         np.testing.assert_allclose(jk[row], expected, atol=1e-12)
 
 
-def test_youden_threshold_equals_brute_force():
-    targets, scores = _data(12, n=200, labels=4)
+def _youden_brute_force(y: np.ndarray, s: np.ndarray) -> float:
+    """Every distinct score (and 'nothing positive' above them) with J as exact fractions."""
+    from fractions import Fraction
+
+    p, n = int((y == 1).sum()), int((y == 0).sum())
+    candidates = [np.nextafter(s.max(), np.inf), *np.unique(s)[::-1]]  # highest first
+    youden = [
+        Fraction(int(np.sum(s[y == 1] >= c)), p) - Fraction(int(np.sum(s[y == 0] >= c)), n)
+        for c in candidates
+    ]
+    return candidates[youden.index(max(youden))]  # first maximum: the highest threshold
+
+
+@pytest.mark.parametrize("seed", [12, 15])
+def test_youden_threshold_equals_brute_force(seed):
+    targets, scores = _data(seed, n=200, labels=4)
     chosen, reasons = youden_thresholds(targets, scores)
     for col in range(4):
         keep = ~np.isnan(targets[:, col])
         y, s = targets[keep, col], scores[keep, col]
-        candidates = np.unique(s)[::-1]  # highest first: ties go to the highest threshold
-        youden = [np.mean(s[y == 1] >= c) + np.mean(s[y == 0] < c) - 1 for c in candidates]
-        assert chosen[col] == candidates[int(np.argmax(youden))] and reasons[col] is None
+        assert chosen[col] == _youden_brute_force(y, s) and reasons[col] is None
     one_class, why = youden_thresholds(np.ones(5), np.arange(5.0))
     assert np.isnan(one_class[0]) and "only one class" in why[0]
+
+
+def test_youden_ties_in_j_go_to_the_highest_threshold_exactly():
+    # Positives 0.9, 0.8, 0.4; negatives 0.5, 0.2, 0.1. At 0.8: TP 2, FP 0, J = 2/3; at 0.4:
+    # TP 3, FP 1, J = 1 - 1/3 = 2/3 too, but in floats 1 - 1/3 > 2/3 - 0, so comparing float
+    # tpr - fpr would pick 0.4. Equal J goes to the highest threshold: 0.8.
+    y = np.array([1, 1, 1, 0, 0, 0], dtype=float)
+    s = np.array([0.9, 0.8, 0.4, 0.5, 0.2, 0.1])
+    assert (1 / 1 - 1 / 3) > (2 / 3 - 0 / 3)  # the float trap is real
+    chosen, _ = youden_thresholds(y, s)
+    assert chosen[0] == 0.8 == _youden_brute_force(y, s)
 
 
 def test_confusion_on_resamples_equals_sklearn_at_the_fixed_threshold():
@@ -246,16 +349,55 @@ def test_confusion_on_resamples_equals_sklearn_at_the_fixed_threshold():
     assert metrics["f1"][0, 0] == pytest.approx(2 * tp / (2 * tp + fp + fn))
 
 
-def test_both_row_layouts_give_the_same_statistics():
-    """CUDA keeps rows along the last axis (c, n); the same code on CPU checks that layout."""
+def test_calibration_on_resamples_equals_a_direct_computation_with_fixed_bins():
+    targets, scores = _data(16, n=90, labels=3, ties=True)
+    probabilities = 1 / (1 + np.exp(-scores))
+    resampler = make_resampler(90, 5, seed=3)
+    boot = run_bootstrap(
+        resampler, {"c": CalibrationStatistic(targets, probabilities, 4)}, device="cpu"
+    )["c"]
+    for col in range(3):
+        rows = np.flatnonzero(~np.isnan(targets[:, col]))
+        order = rows[np.argsort(probabilities[rows, col], kind="stable")]
+        bins = np.array_split(order, 4)  # fixed on the full data
+        for b in range(5):
+            counts = np.bincount(resampler.indices(b), minlength=90)
+            w = counts[rows]
+            residual = targets[rows, col] - probabilities[rows, col]
+            brier = np.sum(w * residual**2) / w.sum()
+            ece = sum(
+                abs(np.sum(counts[k] * (targets[k, col] - probabilities[k, col]))) for k in bins
+            )
+            np.testing.assert_allclose(boot[b, :, col], [brier, ece / w.sum()], rtol=1e-12)
+
+
+@pytest.mark.parametrize("cluster", [False, True])
+def test_numpy_and_torch_code_paths_agree_on_the_cpu(cluster):
+    """The torch backend is the CUDA code path; run on the CPU it must match numpy exactly
+    (sums of integer counts) and calibration to float64 rounding."""
     targets, scores = _data(14, n=200, labels=4)
-    counts = torch.as_tensor(make_resampler(200, 9, seed=4).counts(0, 9))
-    rows_first = Weights.from_counts(counts, torch.int32)
-    rows_last = Weights(counts.to(torch.int32).contiguous(), row_dim=1)
-    assert rows_first.row_dim == 0 and rows_last.n_resamples == rows_first.n_resamples == 9
+    clusters = np.array([f"p{i // 4}" for i in range(200)]) if cluster else None
+    resampler = make_resampler(200, 9, seed=4, clusters=clusters)
     thresholds = np.array([0.0, 0.5, np.nan, 1.0])
-    for statistic in (
-        AurocStatistic(targets, scores),
-        ConfusionStatistic(targets, scores, thresholds),
-    ):
-        np.testing.assert_array_equal(statistic(rows_first).numpy(), statistic(rows_last).numpy())
+    statistics = {
+        "rank": RankStatistic(targets, scores, thresholds),
+        "cal": CalibrationStatistic(targets, 1 / (1 + np.exp(-scores)), 3),
+    }
+    numpy_counts = Backend().counts(resampler, 0, 9)
+    torch_counts = TorchBackend(torch.device("cpu")).counts(resampler, 0, 9)
+    np.testing.assert_array_equal(numpy_counts.data, torch_counts.data.numpy())
+    np.testing.assert_array_equal(numpy_counts.data.T, resampler.counts(0, 9))
+    out = {
+        b: run_bootstrap(resampler, statistics, device="cpu", backend=b) for b in ("numpy", "torch")
+    }
+    for key in ("auc", "conf"):
+        np.testing.assert_array_equal(out["numpy"]["rank"][key], out["torch"]["rank"][key])
+    np.testing.assert_allclose(out["numpy"]["cal"], out["torch"]["cal"], rtol=1e-12)
+    counts = resampler.counts(0, 9)
+    for col in range(4):  # confusion counts: sums of counts over the rows at/above the threshold
+        if np.isnan(thresholds[col]):
+            assert (out["numpy"]["rank"]["conf"][:, :, col] == 0).all()
+            continue
+        predicted = scores[:, col] >= thresholds[col]
+        tp = counts[:, (targets[:, col] == 1) & predicted].sum(axis=1)
+        np.testing.assert_array_equal(out["torch"]["rank"]["conf"][:, 0, col], tp)

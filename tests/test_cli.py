@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import click
 import pytest
 from click.testing import CliRunner
 
@@ -38,3 +39,84 @@ def test_library_errors_are_one_line_without_traceback(tmp_path):
     assert result.exit_code == 1
     assert "Traceback" not in result.output
     assert result.output.count("Error:") == 1 and "missing.zarr" in result.output
+
+
+def _params(name: str, args: list[str]) -> dict:
+    return main.commands[name].make_context(name, args).params
+
+
+@pytest.mark.parametrize(
+    "name, old, new",
+    [
+        ("finetune", ["--num-workers", "0"], ["--workers", "0"]),
+        ("finetune", ["--no-class-weights"], ["--class-weight", "none"]),
+        ("finetune", ["--class-weights"], ["--class-weight", "pos_weight"]),
+        ("manifest", ["--output", "m.parquet"], ["--out", "m.parquet"]),
+        ("manifest", ["--val-frac=0.3"], ["--val-fraction", "0.3"]),
+        ("manifest", ["--test-frac", "0.3"], ["--test-fraction", "0.3"]),
+    ],
+)
+def test_old_option_spellings_parse_as_the_new_ones_with_a_warning(name, old, new, capsys):
+    required = {"finetune": ["--out", "run"], "manifest": ["generic", "--root", "data", "-o", "x"]}
+    base = required[name]
+    assert _params(name, [*base, *old]) == _params(name, [*base, *new])
+    warning = capsys.readouterr().err
+    assert (
+        f"{old[0].split('=')[0]} is deprecated" in warning and f"use {' '.join(new[:1])}" in warning
+    )
+    assert _params(name, [*base, *new])  # the new spelling warns about nothing
+    assert capsys.readouterr().err == ""
+
+
+def test_option_names_agree_across_commands():
+    flags = {
+        name: {o for p in command.params for o in getattr(p, "opts", [])}
+        for name, command in main.commands.items()
+    }
+    retired = {"--num-workers", "--output", "--val-frac", "--test-frac", "--class-weights"}
+    assert not {n: f & retired for n, f in flags.items() if f & retired}
+    for name, command in main.commands.items():
+        for param in command.params:
+            long = [o for o in getattr(param, "opts", []) if o.startswith("--")]
+            if "workers" in str(param.name):
+                assert long == ["--workers"], (name, param.opts)
+            if "frac" in str(param.name):
+                assert long[0].endswith("-fraction"), (name, param.opts)
+    assert "-o" in flags["manifest"] and "--out" in flags["manifest"]
+    weights = {n: _option(n, "class_weight").type.choices for n in ("probe", "finetune")}
+    assert weights["probe"] == weights["finetune"] == ("none", "pos_weight")
+
+
+def _option(command: str, name: str) -> click.Option:
+    return next(p for p in main.commands[command].params if p.name == name)
+
+
+def test_choices_and_init_help_come_from_the_library_registries():
+    from cxrprobe.cache.embeddings import DTYPES
+    from cxrprobe.data.preprocess import ASPECTS, PRESETS, RESAMPLES
+    from cxrprobe.finetune.recipe import PRECISIONS
+    from cxrprobe.finetune.schedule import SCHEDULES
+    from cxrprobe.models import INITS
+    from cxrprobe.probe.backends import BACKENDS
+    from cxrprobe.probe.run import METHODS
+
+    expected = {
+        ("probe", "backend"): tuple(BACKENDS),
+        ("probe", "method"): tuple(METHODS),
+        ("preprocess", "preset"): tuple(PRESETS),
+        ("preprocess", "aspect"): tuple(ASPECTS),
+        ("preprocess", "resample"): tuple(RESAMPLES),
+        ("extract", "preset"): tuple(PRESETS),
+        ("finetune", "aspect"): tuple(ASPECTS),
+        ("extract", "dtype"): tuple(DTYPES),
+        ("finetune", "schedule"): tuple(SCHEDULES),
+        ("finetune", "precision"): tuple(PRECISIONS),
+    }
+    for (command, name), names in expected.items():
+        assert _option(command, name).type.choices == names, (command, name)
+    for command in ("extract", "finetune"):
+        text = CliRunner().invoke(main, [command, "--help"]).output
+        for init in INITS.values():
+            assert f"{init.name}: {init.description}" in text
+    bad = CliRunner().invoke(main, ["probe", "--store", "s", "--out", "o.json", "--backend", "x"])
+    assert bad.exit_code == 2 and "'x' is not one of 'torch', 'sklearn', 'cuml'" in bad.output

@@ -13,8 +13,9 @@ from sklearn.metrics import roc_auc_score, roc_curve
 from cxrprobe.cli import main
 from cxrprobe.provenance import sha256_file
 from cxrprobe.stats.bootstrap import make_resampler
+from cxrprobe.stats.multiple import benjamini_hochberg
 from cxrprobe.stats.predictions import Predictions, write_predictions
-from cxrprobe.stats.report import BootstrapOptions, compare_predictions
+from cxrprobe.stats.report import BootstrapOptions, compare_predictions, evaluate_predictions
 
 LABELS = ["atelectasis", "effusion", "mass"]
 
@@ -81,7 +82,7 @@ def test_compare_end_to_end_outputs(files, tmp_path):
         "cpu",
     )
     assert result.exit_code == 0, result.output
-    for label in (*LABELS, "mean (3 labels)", "p DeLong", "B is better"):
+    for label in (*LABELS, "mean (3 labels)", "p DeLong", "B (b.npz) is better than A (a.json)"):
         assert label in result.stdout
     report = json.loads(out.read_text())
     assert report["bootstrap"]["seed"] == 3 and report["bootstrap"]["resamples"] == 200
@@ -100,9 +101,21 @@ def test_compare_end_to_end_outputs(files, tmp_path):
     )
     assert set(report["thresholds"]["a"]["labels"][0]) >= {"threshold", "sensitivity_ci", "f1"}
     assert md.read_text().startswith("| label |") and png.read_bytes()[:4] == b"\x89PNG"
-    run = json.loads((tmp_path / "out" / "run.json").read_text())
-    assert run["command"] == "cxrprobe compare" and run["config"]["resamples"] == 200
-    assert (tmp_path / "run.json").is_file()  # beside the plot too
+    for output in (out, md, png):  # each output has its own record, named after it
+        run = json.loads(output.with_name(output.name + ".run.json").read_text())
+        assert run["command"] == "cxrprobe compare" and run["config"]["resamples"] == 200
+        assert run["config"]["out"] == str(out) and run["config"]["plot"] == str(png)
+    assert not (tmp_path / "run.json").exists() and not (tmp_path / "out" / "run.json").exists()
+
+
+def test_evaluate_and_compare_records_never_overwrite_each_other(files, tmp_path):
+    path_a, path_b, *_ = files
+    common = ["-B", 40, "--device", "cpu"]
+    assert _run("compare", path_a, path_b, *common, "--out", tmp_path / "c.json").exit_code == 0
+    assert _run("evaluate", path_a, *common, "--out", tmp_path / "e.json").exit_code == 0
+    records = {p.name: json.loads(p.read_text()) for p in tmp_path.glob("*.run.json")}
+    assert records["c.json.run.json"]["command"] == "cxrprobe compare"
+    assert records["e.json.run.json"]["command"] == "cxrprobe evaluate"
 
 
 def test_same_seed_same_report_and_cluster_scheme(files, tmp_path):
@@ -364,15 +377,124 @@ def test_help_has_an_example(command):
     assert result.exit_code == 0 and "Example:" in result.output
 
 
-def test_verdict_flags_a_one_sided_win_whose_interval_includes_zero():
-    from cxrprobe.stats.report import verdict
-
-    report = {
-        "mean": {"delta": 0.047, "delta_ci": [-0.004, 0.095], "p_bootstrap": 0.038},
+def _verdict_report(**mean):
+    row = {"label": "x", "reason": None, "rare": False, "constant_scores": []}
+    return {
+        "kind": "compare",
+        "names": {"a": "imagenet.json", "b": "dinov2.json"},
+        "mean": {"delta": 0.047, "delta_ci": [-0.004, 0.095], **mean},
         "bootstrap": {"alpha": 0.05, "resamples": 1000},
-        "labels": [{"p_fdr": 0.2}],
+        "labels": [
+            {**row, "in_fdr_family": True, "p_fdr": 0.2, "p_delong_fdr": 0.3},
+            {**row, "label": "mass", "rare": True, "in_fdr_family": False},
+        ],
     }
-    text = verdict(report)
-    assert text.startswith("B is better") and "two-sided CI of the difference includes 0" in text
-    report["mean"]["delta_ci"] = [0.001, 0.095]
-    assert "includes 0" not in verdict(report)
+
+
+def test_verdict_decides_on_the_two_sided_p_and_names_both_models():
+    from cxrprobe.stats.verdict import verdict
+
+    # the demo's case: the study's one-sided p is 0.038, the two-sided one 0.077, CI includes 0
+    text = verdict(_verdict_report(p_bootstrap=0.077, p_study_one_sided=0.038))
+    assert text.startswith(
+        "No significant difference between A (imagenet.json) and B (dinov2.json)"
+    )
+    assert "two-sided bootstrap p = 0.077" in text and "study p, one-sided = 0.038" in text
+    assert "0 of 1 labels differ after FDR" in text and "rare: mass" in text
+    text = verdict(_verdict_report(p_bootstrap=0.01, p_study_one_sided=0.005))
+    assert text.startswith("B (dinov2.json) is better than A (imagenet.json)")
+
+
+@pytest.mark.parametrize("resamples, decided", [(10, False), (38, False), (39, True)])
+def test_too_few_resamples_give_no_verdict_and_a_warning(files, resamples, decided):
+    path_a, path_b, *_ = files
+    result = _run("compare", path_a, path_b, "-B", resamples, "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    assert ("No verdict" in result.stdout) is not decided
+    assert ("smallest two-sided bootstrap p-value" in result.stderr) is not decided
+    if not decided:
+        assert "B is better" not in result.stdout and "labels differ" not in result.stdout
+        assert "-B 39 or more" in result.stdout
+    else:  # B = 39: p can reach 2/40 = alpha, and this B is clearly better
+        assert "B (b.npz) is better than A (a.json)" in result.stdout
+
+
+def test_study_p_is_the_study_share_computed_by_hand():
+    targets, a, b = _pair(n=60, seed=11, gap=0.3)
+    options = BootstrapOptions(resamples=30, seed=4, device="cpu")
+    report = compare_predictions(_predictions(targets, a), _predictions(targets, b), options)
+    resampler = make_resampler(60, 30, seed=4)
+    for col, row in enumerate(report["labels"]):
+        keep = ~np.isnan(targets[:, col])
+        better_is_b = row["delta"] > 0
+        not_winning, defined = 0, 0
+        for r in range(30):  # the study's loop: does the better model win this resample?
+            rows = resampler.indices(r)
+            rows = rows[~np.isnan(targets[rows, col])]
+            y = targets[rows, col]
+            if 0 < y.sum() < y.size:
+                defined += 1
+                auc_a, auc_b = roc_auc_score(y, a[rows, col]), roc_auc_score(y, b[rows, col])
+                not_winning += not ((auc_b > auc_a) if better_is_b else (auc_a > auc_b))
+        assert keep.any() and row["p_study_one_sided"] == pytest.approx(not_winning / defined)
+        assert row["p_bootstrap"] >= 2 / (defined + 1)  # the two-sided p is never below this
+
+
+def _rare_and_constant(seed: int = 7):
+    targets, a, b = _pair(n=200, seed=seed, gap=2.0)
+    targets[:, 2] = 0.0
+    targets[:4, 2] = 1.0  # 'mass': 4 positives only
+    b[:, 1] = 0.25  # 'effusion': B gives one score to every row (no positive training rows)
+    return targets, a, b
+
+
+def test_rare_labels_leave_the_fdr_family_unless_included():
+    targets, a, b = _rare_and_constant()
+    pa, pb = _predictions(targets, a), _predictions(targets, b)
+    report = compare_predictions(pa, pb, BootstrapOptions(resamples=100, device="cpu"))
+    rows = {r["label"]: r for r in report["labels"]}
+    assert rows["mass"]["rare"] and rows["mass"]["n_positive"] == 4
+    assert not rows["mass"]["in_fdr_family"] and np.isnan(rows["mass"]["p_fdr"])
+    assert "rare" in report["verdict"] and any("rare label" in w for w in report["warnings"])
+    # the FDR family is the remaining non-rare, non-constant label alone: p_fdr == p_bootstrap
+    assert rows["atelectasis"]["p_fdr"] == rows["atelectasis"]["p_bootstrap"]
+    included = compare_predictions(
+        pa, pb, BootstrapOptions(resamples=100, device="cpu", include_rare=True)
+    )
+    rows = {r["label"]: r for r in included["labels"]}
+    assert rows["mass"]["in_fdr_family"] and not np.isnan(rows["mass"]["p_fdr"])
+    p = np.array([rows["atelectasis"]["p_bootstrap"], rows["mass"]["p_bootstrap"]])
+    np.testing.assert_allclose(
+        [rows["atelectasis"]["p_fdr"], rows["mass"]["p_fdr"]], benjamini_hochberg(p)
+    )
+
+
+def test_constant_scores_are_flagged_and_left_out_of_the_mean():
+    targets, a, b = _rare_and_constant()
+    report = compare_predictions(
+        _predictions(targets, a),
+        _predictions(targets, b),
+        BootstrapOptions(resamples=50, device="cpu"),
+    )
+    rows = {r["label"]: r for r in report["labels"]}
+    assert rows["effusion"]["constant_scores"] == ["b"] and rows["effusion"]["auroc_b"] == 0.5
+    assert not rows["effusion"]["in_mean"] and not rows["effusion"]["in_fdr_family"]
+    kept = [rows["atelectasis"], rows["mass"]]
+    assert report["mean"]["n_labels"] == 2
+    assert report["mean"]["auroc_a"] == pytest.approx(np.mean([r["auroc_a"] for r in kept]))
+    assert report["mean"]["auroc_b"] == pytest.approx(np.mean([r["auroc_b"] for r in kept]))
+    assert "constant scores" in report["verdict"] and "effusion" in report["verdict"]
+    evaluated = evaluate_predictions(
+        _predictions(targets, b), BootstrapOptions(resamples=20, device="cpu")
+    )
+    assert evaluated["mean"]["n_labels"] == 2 and evaluated["labels"][1]["constant_scores"] == ["a"]
+
+
+def test_cluster_refusal_names_the_files(files, tmp_path):
+    _, _, targets, a, b = files
+    no_a = _write(tmp_path / "na.json", targets, a, patients=False)
+    no_b = _write(tmp_path / "nb.json", targets, b, patients=False)
+    _refusal(
+        _run("compare", no_a, no_b, "--cluster", "patient"), f"neither {no_a} nor {no_b} has any"
+    )
+    _refusal(_run("evaluate", no_a, "--cluster", "patient"), f"but {no_a} has none")

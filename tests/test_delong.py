@@ -97,3 +97,15 @@ def test_clearly_better_model_is_significant():
     weak, strong = rng.normal(size=400) + 0.3 * y, rng.normal(size=400) + 2.0 * y
     result = delong_test(y, weak, strong)
     assert result.delta[0] > 0 and result.p[0] < 1e-6 and result.ci_low[0] > 0
+
+
+def test_zero_variance_with_a_difference_is_infinite_z_and_p_zero_with_a_note():
+    # A separates perfectly (every component 1 or 0), B is constant (every component 1/2):
+    # both have zero variance, delta = 0.5 - 1 = -0.5; pROC's roc.test gives Z = -Inf, p = 0.
+    y = np.array([1, 1, 1, 0, 0, 0], dtype=float)
+    perfect, constant = np.array([0.9, 0.8, 0.7, 0.3, 0.2, 0.1]), np.full(6, 0.5)
+    result = delong_test(y, perfect, constant)
+    assert result.delta[0] == -0.5 and result.z[0] == -np.inf and result.p[0] == 0.0
+    assert result.reasons == [None] and "variance of the difference is 0" in result.notes[0]
+    assert result.ci_low[0] == result.ci_high[0] == -0.5
+    assert delong_test(y, perfect, perfect.copy()).notes == [None]

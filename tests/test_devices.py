@@ -65,7 +65,7 @@ def test_one_process_context_joins_no_group(monkeypatch):
 
 def test_light_imports_do_not_load_torch():
     code = (
-        "import sys, cxrprobe.cli, cxrprobe.cli._common, cxrprobe.devices, cxrprobe.probe, "
+        "import sys, cxrprobe.cli, cxrprobe.cli.options, cxrprobe.cli.output, cxrprobe.devices, cxrprobe.probe, "
         "cxrprobe.stats.predictions; print('torch' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

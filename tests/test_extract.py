@@ -18,6 +18,7 @@ from click.testing import CliRunner
 from cxrprobe.cache.embeddings import open_embeddings
 from cxrprobe.cache.extract import extract_embeddings
 from cxrprobe.cache.images import build_image_cache, open_images
+from cxrprobe.cache.layout import StoreFiles
 from cxrprobe.cache.store import RowStore
 from cxrprobe.cli import main
 from cxrprobe.data.preprocess import PreprocessConfig, to_model_input
@@ -251,7 +252,7 @@ def test_resume_after_sigkill_gives_the_uninterrupted_store(data, tmp_path):
     )
     deadline = time.monotonic() + 120
     try:
-        while not list((out / "_progress").glob("shard-*.json")):
+        while not list(StoreFiles(out).folder.glob("progress-*/shard-*.json")):
             assert proc.poll() is None, "the extraction ended before it could be killed"
             assert time.monotonic() < deadline, "no shard finished in time"
             time.sleep(0.02)
@@ -346,9 +347,10 @@ def test_cli_extract_info_export(data, tmp_path):
     assert f"{ROWS} rows, {ROWS - 1} embedded, 1 failures" in result.output
     assert "images/s" in result.output and f"failed row {CORRUPT}" in result.output
     stores_equal(out, data["emb"])
-    run_record = json.loads((out / "run.json").read_text())
+    run_record = json.loads(StoreFiles(out).run.read_text())
     assert run_record["config"]["init"] == "random" and "torch" in run_record["versions"]
-    assert [f["row"] for f in json.loads((out / "failures.json").read_text())] == [CORRUPT]
+    assert [f["row"] for f in json.loads(StoreFiles(out).failures.read_text())] == [CORRUPT]
+    assert not (out / "run.json").exists() and not (out / "failures.json").exists()
 
     result = runner.invoke(main, ["info", str(out)])
     assert result.exit_code == 0, result.output
@@ -424,7 +426,8 @@ def test_cli_extract_from_raw_files(data, tmp_path):
         (["export", "{images}", "--npz", "x.npz"], 1, "expected a 'embeddings' store"),
     ],
 )
-def test_cli_errors_are_one_line_messages(data, tmp_path, args, code, message):
+def test_cli_errors_are_one_line_messages(data, tmp_path, monkeypatch, args, code, message):
+    monkeypatch.chdir(tmp_path)  # relative outputs (a writer lock beside "O") land in tmp_path
     args = [
         a.replace("{images}", str(data["images"])).replace("{emb}", str(data["emb"])) for a in args
     ]

@@ -18,12 +18,20 @@ import torch
 from click.testing import CliRunner
 from sklearn.metrics import roc_auc_score
 
+from cxrprobe.cache.source import from_arrays, from_cache
 from cxrprobe.cache.store import RowMetadata
 from cxrprobe.cli import main
 from cxrprobe.errors import ConfigError, DataFormatError
-from cxrprobe.probe import augment, checkpoint, distributed, loss, schedule
-from cxrprobe.probe.finetune import FinetuneConfig, finetune, from_arrays
-from cxrprobe.probe.trainer import Trainer
+from cxrprobe.finetune import (
+    FinetuneConfig,
+    augment,
+    checkpoint,
+    distributed,
+    finetune,
+    loss,
+    schedule,
+)
+from cxrprobe.finetune.trainer import Trainer
 from cxrprobe.stats.predictions import read_predictions
 from tests.image_fixtures import make_image_dataset
 
@@ -179,6 +187,18 @@ def test_rotation_identity_at_zero_and_matches_rot90():
     assert tilted[0, 0, 8, 8].item() == pytest.approx(1.0)
 
 
+def test_nearest_rotation_only_moves_pixels():
+    images = torch.rand(2, 3, 8, 8)
+    quarter = augment.rotate(images, torch.full((2,), 90.0), mode="nearest")
+    assert torch.equal(quarter, torch.rot90(images, 1, dims=(-2, -1)))
+    small = augment.rotate(images, torch.tensor([7.0, -5.0]), mode="nearest")
+    assert set(small.unique().tolist()) <= set(images.unique().tolist()) | {0.0}
+    bilinear = augment.rotate(images, torch.tensor([7.0, -5.0]))
+    assert not set(bilinear.unique().tolist()) <= set(images.unique().tolist()) | {0.0}
+    with pytest.raises(ConfigError, match="--rotate-mode must be one of bilinear, nearest"):
+        augment.rotate(images, torch.zeros(2), mode="bicubic")
+
+
 def test_random_augmentation_is_reproducible_from_the_generator_state():
     images = torch.rand(4, 3, 8, 8)
     gen = torch.Generator().manual_seed(3)
@@ -273,13 +293,13 @@ def test_resume_continues_exactly_like_the_uninterrupted_run(source, tmp_path):
 
 def test_the_best_epoch_is_chosen_on_validation_never_on_test(source, tmp_path, monkeypatch):
     scored = []
-    original = Trainer.predict
+    original = Trainer.predict_logits
 
     def spy(self, rows):
         scored.append(set(source.metadata.split[rows]))
         return original(self, rows)
 
-    monkeypatch.setattr(Trainer, "predict", spy)
+    monkeypatch.setattr(Trainer, "predict_logits", spy)
     result = finetune(tiny_config(epochs=3, lr=3e-4), source, tmp_path / "run")
     assert scored[:3] == [{"val"}] * 3  # during training only the validation split is scored
     assert scored[3:] == [{"val"}, {"test"}]  # test once, at the end, with the best weights
@@ -339,6 +359,9 @@ def test_run_errors_and_warnings_name_the_problem(source, tmp_path, caplog):
 
 
 # ------------------------------------------------------------------------------------- CLI
+MANIFEST_POLICIES = {"uncertain": "zero", "blank": "missing"}
+
+
 @pytest.fixture(scope="module")
 def cache_dataset(tmp_path_factory):
     """A 30-image cache at 32 px with one corrupt file (row 3, validation split)."""
@@ -348,8 +371,8 @@ def cache_dataset(tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("ft_cache")
     df, root = make_image_dataset(folder, 30, size=40, corrupt=[3])
-    write_manifest(df, folder / "manifest.parquet")
-    build_image_cache(df, root, folder / "images.zarr", PreprocessConfig(size=32), workers=1)
+    manifest = write_manifest(df, folder / "manifest.parquet", MANIFEST_POLICIES)
+    build_image_cache(manifest, root, folder / "images.zarr", PreprocessConfig(size=32), workers=1)
     return folder, root
 
 
@@ -368,7 +391,7 @@ def _cli_args(out, *extra):
         "4",
         "--lr",
         "1e-3",
-        "--num-workers",
+        "--workers",
         "0",
         "--device",
         "cpu",
@@ -392,6 +415,11 @@ def test_cli_trains_on_the_cache_and_leaves_failed_images_out(cache_dataset, tmp
     failures = json.loads((out / "failures.json").read_text())
     assert [(f["row"], f["split"]) for f in failures] == [(3, "val")]
     assert pred.provenance["dataset"]["kind"] == "image-cache"
+    # the manifest's label policies travel through the image cache into the predictions
+    assert pred.provenance["dataset"]["label_policies"] == MANIFEST_POLICIES
+    source = from_cache(folder / "images.zarr")  # its provenance is what `extract` stores
+    assert source.provenance["label_policies"] == MANIFEST_POLICIES
+    assert pred.provenance["training_targets"] == {"uncertain": "ignore", "blank": "missing"}
 
 
 def test_cli_raw_files_record_decode_failures_in_training(cache_dataset, tmp_path):
@@ -445,3 +473,78 @@ def test_cli_option_errors(cache_dataset, tmp_path):
     assert bad_json.exit_code == 2 and "--model-kwargs" in bad_json.output
     helped = runner.invoke(main, ["finetune", "--help"])
     assert helped.exit_code == 0 and "Example:" in helped.output
+
+
+# ------------------------------------------------------------------ --findings, --uncertain, --blank
+def test_findings_subset_trains_and_scores_only_those(source, tmp_path):
+    result = finetune(tiny_config(epochs=1, findings="cardiomegaly"), source, tmp_path / "run")
+    pred = read_predictions(tmp_path / "run" / "predictions.json")
+    assert pred.labels == ["cardiomegaly"] and pred.scores.shape[1] == 1
+    test_rows = np.flatnonzero(source.metadata.split == "test")
+    np.testing.assert_array_equal(pred.targets[:, 0], source.metadata.labels[test_rows, 0])
+    assert list(result.summary["test_auroc"]) == ["cardiomegaly"]
+    record = json.loads((tmp_path / "run" / "run.json").read_text())["config"]
+    assert record["findings"] == ["cardiomegaly"] and list(record["pos_weight"]) == ["cardiomegaly"]
+    with open(tmp_path / "run" / "log.csv") as fh:
+        header = next(csv.reader(fh))
+    assert "val_auroc_cardiomegaly" in header and "val_auroc_pleural_effusion" not in header
+
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("efusion", "unknown finding or set 'efusion' (did you mean 'pleural_effusion'?)"),
+        ("edema", "does not provide edema; it provides: cardiomegaly, pleural_effusion"),
+    ],
+)
+def test_findings_the_source_cannot_give_are_refused_with_what_exists(
+    source, tmp_path, spec, message
+):
+    with pytest.raises(ConfigError) as caught:
+        finetune(tiny_config(findings=spec), source, tmp_path / "run")
+    assert message in str(caught.value)
+    assert not (tmp_path / "run" / "run.json").exists()
+
+
+def test_blank_negative_trains_on_blanks_as_zeros_and_judges_on_the_labels(
+    source, tmp_path, monkeypatch
+):
+    from cxrprobe.finetune import trainer as trainer_module
+
+    seen = []
+    original = trainer_module.masked_bce_sum
+
+    def spy(logits, targets, pos_weight=None):
+        seen.append(targets.detach().cpu().numpy().copy())
+        return original(logits, targets, pos_weight)
+
+    monkeypatch.setattr(trainer_module, "masked_bce_sum", spy)
+    config = tiny_config(epochs=1, uncertain="zero", blank="negative")
+    finetune(config, source, tmp_path / "run")
+    meta = source.metadata
+    train = meta.labels[meta.split == "train"]
+    assert np.isnan(train).any()  # the toy source has training blanks
+    expected = np.where(np.isnan(train), 0.0, train)  # by hand: blank -> 0 (no -1 here)
+    trained = np.concatenate(seen)
+    order = lambda a: a[np.lexsort(a.T[::-1])]  # noqa: E731 (rows as a multiset)
+    np.testing.assert_array_equal(order(trained), order(expected))
+    record = json.loads((tmp_path / "run" / "run.json").read_text())["config"]
+    weights = {f: (expected[:, j] == 0).sum() / (expected[:, j] == 1).sum()
+               for j, f in enumerate(FINDINGS)}  # fmt: skip
+    assert record["pos_weight"] == pytest.approx(weights)
+    pred = read_predictions(tmp_path / "run" / "predictions.json")
+    test_rows = np.flatnonzero(meta.split == "test")
+    np.testing.assert_array_equal(pred.targets, meta.labels[test_rows])  # blanks stay blank
+    assert pred.provenance["training_targets"] == {"uncertain": "zero", "blank": "negative"}
+    with pytest.raises(ConfigError, match="--blank must be one of missing, negative"):
+        finetune(tiny_config(blank="zero"), source, tmp_path / "bad")
+
+
+def test_runs_saved_before_the_label_settings_still_resume(tmp_path):
+    from cxrprobe.finetune.run import check_resumable
+
+    now = tiny_config().to_dict()
+    before = {k: v for k, v in now.items() if k not in ("uncertain", "blank", "findings")}
+    check_resumable(before, now, tmp_path / "last.pt")  # the defaults are what they ran with
+    with pytest.raises(ConfigError, match="blank: 'missing' then, 'negative' now"):
+        check_resumable(before, {**now, "blank": "negative"}, tmp_path / "last.pt")

@@ -11,7 +11,7 @@ import torch
 from click.testing import CliRunner
 
 from cxrprobe.cli import main
-from cxrprobe.probe.checkpoint import load_checkpoint
+from cxrprobe.finetune.checkpoint import load_checkpoint
 from cxrprobe.stats.predictions import read_predictions
 from tests.conftest import torchrun
 from tests.image_fixtures import make_image_dataset
@@ -53,7 +53,7 @@ def _args(cache, out):
         "0",
         "--rotate",
         "0",
-        "--num-workers",
+        "--workers",
         "0",
         "--device",
         "cpu",

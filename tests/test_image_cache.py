@@ -23,10 +23,11 @@ from cxrprobe.cache.images import (
     default_shard_rows,
     open_images,
 )
+from cxrprobe.cache.layout import StoreFiles
+from cxrprobe.cache.source import CachedImages, RawImages, collate_images
 from cxrprobe.cache.store import RowStore
 from cxrprobe.cli import main
 from cxrprobe.data.decode import image_paths
-from cxrprobe.data.loading import CachedImages, RawImages, collate_images
 from cxrprobe.data.manifest import manifest_hash, write_manifest
 from cxrprobe.data.preprocess import PRESETS, PreprocessConfig, load_preprocessed
 from cxrprobe.errors import IncompleteStoreError, MissingDependencyError, StoreMismatchError
@@ -197,17 +198,17 @@ def test_resume_after_sigkill_redoes_only_unfinished_shards(dataset, tmp_path):
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    progress_dir = out / "_progress"
+    sidecar = out.with_name(out.name + ".cxrprobe")  # done records sit beside the store
     deadline = time.monotonic() + 60
     while (
-        not list(progress_dir.glob("shard-*.json"))
+        not list(sidecar.glob("progress-*/shard-*.json"))
         and time.monotonic() < deadline
         and proc.poll() is None
     ):
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    done = {p.name: p.stat().st_mtime_ns for p in progress_dir.glob("shard-*.json")}
+    done = {p: p.stat().st_mtime_ns for p in sidecar.glob("progress-*/shard-*.json")}
     assert 1 <= len(done) < 5, "the kill should land between the first and the last of 5 shards"
 
     store = RowStore.open(out, mode="r+")
@@ -217,7 +218,7 @@ def test_resume_after_sigkill_redoes_only_unfinished_shards(dataset, tmp_path):
     result = CliRunner().invoke(main, _cli_args(manifest, root, out))
     assert result.exit_code == 0, result.output
     assert f"{len(done)} of 5 shards kept" in result.output
-    assert {name: (progress_dir / name).stat().st_mtime_ns for name in done} == done  # not redone
+    assert {path: path.stat().st_mtime_ns for path in done} == done  # not redone
 
     build_image_cache(df, root, tmp_path / "clean.zarr", CFG, workers=1, shard_rows=2)
     resumed, clean = open_images(out), open_images(tmp_path / "clean.zarr")
@@ -292,12 +293,12 @@ def test_cli_preprocess_outputs_and_summary(dataset, tmp_path):
     assert result.exit_code == 0, result.output
     assert "8 images, 2 failures" in result.output and "images/s" in result.output
     assert "failed row 3 (img003)" in result.output
-    failures = json.loads((out / "failures.json").read_text())
+    failures = json.loads(StoreFiles(out).failures.read_text())
     assert [f["row"] for f in failures] == [3, 6]
-    run = json.loads((out / "run.json").read_text())
+    run = json.loads(StoreFiles(out).run.read_text())
     assert run["config"]["preprocess"] == {**PRESETS["paper"].to_dict(), "size": 32}
     assert "zarr" in run["versions"]
-    # the extra files in the store folder do not upset zarr
+    assert sorted(p.name for p in out.iterdir() if p.is_file()) == ["zarr.json"]  # plain Zarr
     assert open_images(out).config == PRESETS["paper"].with_size(32)
 
 

@@ -14,9 +14,10 @@ import pytest
 
 import cxrprobe.data.adapters as adapters_module
 import cxrprobe.data.labelmap as labelmap_module
-from cxrprobe.data.findings import FINDING_IDS, FINDINGS, get_finding
+from cxrprobe.data.findings import DERIVED, FINDING_IDS, FINDINGS, get_finding, with_derived
 from cxrprobe.data.labelmap import (
     LabelMap,
+    add_derived,
     labels_from_columns,
     labels_from_lists,
     load_label_map,
@@ -26,6 +27,7 @@ from cxrprobe.data.manifest import (
     BASE_COLUMNS,
     finding_columns,
     label_matrix,
+    label_policies,
     manifest_hash,
     prevalence,
     read_manifest,
@@ -64,6 +66,18 @@ REQUIRED_IDS = [
     "copd",
     "lung_tumor",
     "other_lesion",
+    "nodule",
+    "mass",
+    "scoliosis",
+    "kyphosis",
+    "congestion",
+    "aortic_elongation",
+    "pleural_effusion_left",
+    "pleural_effusion_right",
+    "pneumonia_left",
+    "pneumonia_right",
+    "atelectasis_left",
+    "atelectasis_right",
 ]
 
 
@@ -122,6 +136,36 @@ def test_round_trip_keeps_content_and_hash(manifest, tmp_path, suffix):
     assert back["split"].tolist() == ["train", "train", "val", None]
     np.testing.assert_array_equal(back["age"].to_numpy(), [50, 51, NAN, 70])
     assert manifest_hash(back) == manifest_hash(manifest)
+
+
+def test_label_policies_travel_in_the_parquet_metadata(manifest, tmp_path):
+    import pyarrow.parquet as pq
+
+    policies = {"uncertain": "zero", "blank": "negative"}
+    path = write_manifest(manifest, tmp_path / "m.parquet", policies)
+    stored = pq.read_schema(path).metadata[b"cxrprobe.label_policies"]  # readable without us
+    assert json.loads(stored) == policies
+    back = read_manifest(path)
+    assert label_policies(back) == policies
+    again = write_manifest(back, tmp_path / "again.parquet")  # kept from df.attrs by default
+    assert label_policies(read_manifest(again)) == policies
+    assert manifest_hash(read_manifest(again)) == manifest_hash(manifest)
+    assert label_policies(read_manifest(write_manifest(manifest, tmp_path / "none.parquet"))) is None
+    manifest.to_csv(tmp_path / "m.csv", index=False)
+    assert label_policies(read_manifest(tmp_path / "m.csv")) is None  # a CSV cannot say
+    with pytest.raises(ConfigError, match="must name exactly uncertain, blank"):
+        write_manifest(manifest, tmp_path / "bad.parquet", {"uncertain": "zero"})
+
+
+def test_unreadable_label_policies_name_the_file(manifest, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.Table.from_pandas(manifest, preserve_index=False)
+    meta = {**table.schema.metadata, b"cxrprobe.label_policies": b"{not json"}
+    pq.write_table(table.replace_schema_metadata(meta), tmp_path / "odd.parquet")
+    with pytest.raises(DataFormatError, match="odd.parquet: metadata cxrprobe.label_policies"):
+        read_manifest(tmp_path / "odd.parquet")
 
 
 def test_ids_stay_strings_through_csv(tmp_path, manifest):
@@ -244,6 +288,50 @@ def test_lists_and_columns_agree_on_a_merge():
     np.testing.assert_array_equal(
         from_columns[["nodule_mass", "pleural_effusion"]].to_numpy(), expected
     )
+
+
+def test_derived_findings_name_vocabulary_parts():
+    assert DERIVED["nodule_mass"] == ("nodule", "mass")
+    for finding, parts in DERIVED.items():
+        assert set(parts) <= set(FINDING_IDS) and finding not in parts
+        assert not set(parts) & set(DERIVED), "a part is never itself derived"
+    assert with_derived(["mass", "nodule", "edema"]) == ["nodule_mass", "nodule", "mass", "edema"]
+    assert with_derived(["nodule", "pleural_effusion_left"]) == ["nodule", "pleural_effusion_left"]
+
+
+def test_add_derived_matches_brute_force_merge():
+    values = [1.0, -1.0, 0.0, NAN]
+    rows = np.array(list(itertools.product(values, repeat=3)), dtype=np.float32)
+    labels = pd.DataFrame(rows, columns=["nodule", "mass", "nodule_mass"])
+    order = {1.0: 3, -1.0: 2, 0.0: 1}
+
+    def reference(row):
+        present = [v for v in row if not math.isnan(v)]
+        return max(present, key=order.get) if present else NAN
+
+    with_direct = add_derived(labels)
+    without = add_derived(labels.drop(columns="nodule_mass"))
+    assert list(with_direct.columns) == list(without.columns) == ["nodule_mass", "nodule", "mass"]
+    for i, row in enumerate(rows):
+        for got, expected in (
+            (with_direct["nodule_mass"][i], reference(row)),
+            (without["nodule_mass"][i], reference(row[:2])),
+        ):
+            assert (math.isnan(got) and math.isnan(expected)) or got == expected, row
+    np.testing.assert_array_equal(with_direct[["nodule", "mass"]].to_numpy(), rows[:, :2])
+    only_nodule = labels[["nodule"]]
+    assert list(add_derived(only_nodule).columns) == ["nodule"]  # a part missing: not derived
+
+
+def test_separate_sources_derive_only_when_every_part_is_annotated():
+    label_map = load_label_map("chestxray14")
+    assert label_map.sources_of("nodule_mass") == ["Mass", "Nodule"]
+    assert label_map.sources_of("nodule") == ["Nodule"]
+    lists = pd.Series([["Nodule"], ["Mass", "Effusion"], ["No Finding"]])
+    both = labels_from_lists(lists, label_map, "t", vocabulary=["Nodule", "Mass", "Effusion"])
+    np.testing.assert_array_equal(both["nodule_mass"].to_numpy(), [1, 1, 0])
+    one = labels_from_lists(lists, label_map, "t", vocabulary=["Nodule", "Effusion"])
+    assert "nodule_mass" not in one.columns and one["nodule"].tolist() == [1, 0, 0]
 
 
 @pytest.mark.parametrize("module", [labelmap_module, adapters_module])

@@ -11,8 +11,9 @@ from timm.layers import resample_abs_pos_embed
 
 from cxrprobe import weights
 from cxrprobe.errors import ConfigError, InputFileError, WeightsError
-from cxrprobe.models import INITS, create_model, resolve_init
+from cxrprobe.models import INITS, check_embeddable, create_model, resolve_init
 from cxrprobe.weights import save_state_dict
+from tests.model_fixtures import TINY_DENSENET, tiny_model, to_transformers_dinov2
 
 TINY = {"depth": 2, "embed_dim": 64, "num_heads": 2}
 
@@ -66,6 +67,7 @@ def test_hub_inits_load_a_local_file(tmp_path, init, fmt):
     assert spec.weights_sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
     assert spec.weights_source == "file" and spec.model_kwargs == TINY
     assert spec.to_dict()["mean"] == list(cfg.mean)
+    assert spec.readout == "token" and spec.normalization == "model config"
 
 
 @pytest.mark.parametrize("init", ["dinov2", "dinov2-reg"])
@@ -160,8 +162,8 @@ def test_bad_init_combinations_are_refused_with_the_option_named(tmp_path):
         resolve_init(str(tmp_path / "w.safetensors"))
     with pytest.raises(ConfigError, match="--size 504 or 518"):
         create_model("dinov2", weights=tmp_path / "w.safetensors", img_size=512, model_kwargs=TINY)
-    with pytest.raises(ConfigError, match="resnet18"):
-        create_model("random", arch="resnet18", img_size=32)
+    with pytest.raises(ConfigError, match="no_such_option.*--model-kwargs"):
+        create_model("random", arch="resnet18", img_size=32, model_kwargs={"no_such_option": 1})
 
 
 def test_checkpoints_that_do_not_fit_list_the_keys(tmp_path):
@@ -247,3 +249,84 @@ def test_hub_weights_already_in_the_cache_are_used(tmp_path, no_hub):
     assert same_output(model, reference, 28)
     assert spec.weights_source == "hf-hub:timm/vit_base_patch14_dinov2.lvd142m"
     assert spec.weights_sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize("init", ["dinov2", "dinov2-reg"])
+@pytest.mark.parametrize("wrapper", ["", "dinov2."])
+def test_transformers_dinov2_checkpoint_loads_into_the_timm_model(tmp_path, init, wrapper, caplog):
+    """A RAD-DINO-style file (transformers Dinov2Model keys; or Dinov2ForImageClassification's,
+    head included) gives the model it was made from."""
+    reference = tiny_timm(INITS[init].arch, 28, seed=9)
+    hf = {wrapper + k: v for k, v in to_transformers_dinov2(reference.state_dict()).items()}
+    if wrapper:
+        hf["classifier.weight"] = torch.zeros(3, 128)
+    path = save_state_dict(hf, tmp_path / "model.safetensors")
+    with caplog.at_level("INFO", logger="cxrprobe"):
+        model, spec = create_model(init, weights=path, img_size=28, model_kwargs=TINY)
+    assert "loaded transformers DINOv2 checkpoint" in caplog.text
+    x = torch.randn(2, 3, 28, 28, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        assert torch.allclose(model.eval()(x), reference(x), atol=1e-4)
+    assert same_output(model, reference, 28, atol=1e-4)
+    assert spec.weights_sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_a_real_transformers_dinov2_model_matches_when_installed(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    config = transformers.Dinov2Config(
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=256,
+        image_size=28,
+        patch_size=14,
+    )
+    torch.manual_seed(10)
+    hf = transformers.Dinov2Model(config).eval()
+    path = save_state_dict(hf.state_dict(), tmp_path / "model.safetensors")
+    model, _ = create_model("dinov2", weights=path, img_size=28, model_kwargs=TINY)
+    x = torch.randn(2, 3, 28, 28, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        expected = hf(pixel_values=x).last_hidden_state
+        assert torch.allclose(model.eval().forward_features(x), expected, atol=1e-4)
+
+
+def test_mean_and_std_replace_the_model_config():
+    cfg = timm.models.get_pretrained_cfg("vit_base_patch16_224")
+    _, default = create_model("random", img_size=32, model_kwargs=TINY)
+    assert default.mean == tuple(cfg.mean) and default.std == tuple(cfg.std)
+    _, spec = create_model(
+        "random", img_size=32, model_kwargs=TINY, mean=[0.5307], std=(0.2583, 0.2583, 0.2583)
+    )
+    assert spec.mean == (0.5307,) * 3 and spec.std == (0.2583,) * 3
+    assert spec.normalization == "--mean/--std" and spec.to_dict()["std"] == [0.2583] * 3
+    with pytest.raises(ConfigError, match="--mean takes 1 or 3 values"):
+        create_model("random", img_size=32, model_kwargs=TINY, mean=[0.5, 0.5])
+    with pytest.raises(ConfigError, match="--std must be positive"):
+        create_model("random", img_size=32, model_kwargs=TINY, std=[0.2, 0.0, 0.2])
+
+
+def test_cnns_load_and_read_out_pooled_features(tmp_path):
+    reference = tiny_model("densenet121", seed=11, **TINY_DENSENET)
+    path = save_state_dict(reference.state_dict(), tmp_path / "densenet.safetensors")
+    model, spec = create_model(
+        "timm:densenet121", weights=path, img_size=40, model_kwargs=TINY_DENSENET
+    )
+    x = torch.randn(2, 3, 40, 40, generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        assert torch.equal(model.eval()(x), reference(x))
+    cfg = timm.models.get_pretrained_cfg("densenet121")
+    assert spec.readout == "pooled" and spec.patch_size is None and spec.num_prefix_tokens == 0
+    assert spec.embed_dim == reference.num_features == 17 and spec.img_size == 40
+    assert spec.mean == tuple(cfg.mean) and spec.std == tuple(cfg.std)
+    check_embeddable(model, spec)
+    with pytest.raises(ConfigError, match="--drop-path: timm model densenet121"):
+        create_model("random", arch="densenet121", drop_path_rate=0.1, model_kwargs=TINY_DENSENET)
+    _, resnet = create_model("random", arch="resnet18", img_size=32, drop_path_rate=0.1)
+    assert resnet.readout == "pooled" and resnet.embed_dim == 512
+
+
+def test_a_head_wider_than_the_feature_map_cannot_fill_a_store():
+    model, spec = create_model("random", arch="mobilenetv3_small_050", img_size=32)
+    with pytest.raises(ConfigError, match=r"mobilenetv3_small_050: its pooled features \(1024"):
+        check_embeddable(model, spec)

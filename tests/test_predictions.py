@@ -1,4 +1,5 @@
-"""The predictions file: round trips (JSON, npz), every validation refusal, pairing two files."""
+"""The predictions file: round trips (JSON, npz), subgroup fields, every validation refusal,
+pairing two files."""
 
 from __future__ import annotations
 
@@ -8,14 +9,21 @@ import numpy as np
 import pytest
 
 from cxrprobe.errors import DataFormatError, InputFileError
+from cxrprobe.stats.pairing import pair_predictions
 from cxrprobe.stats.predictions import (
     FORMAT_NAME,
     FORMAT_VERSION,
     Predictions,
-    pair_predictions,
     read_predictions,
+    validate_predictions,
     write_predictions,
 )
+
+SUBGROUPS = {
+    "sex": ["F", "M", None, "F", "M", "F"],
+    "age": [34, 71.5, None, 58, 80, 12],
+    "site": ["a", "a", "b", "b", "a", "b"],
+}
 
 
 def _pred(n: int = 6, labels=("effusion", "mass"), seed: int = 0, **kw) -> Predictions:
@@ -46,6 +54,26 @@ def test_round_trip_is_exact(tmp_path, suffix):
     np.testing.assert_array_equal(back.scores, pred.scores)
     assert back.score_kind == "probability"
     assert [p.name for p in tmp_path.iterdir()] == [f"p{suffix}"]  # no temporary left over
+    assert back.source == str(path) and back.subgroups == {}
+
+
+@pytest.mark.parametrize("suffix", [".json", ".npz"])
+def test_subgroup_fields_round_trip(tmp_path, suffix):
+    back = read_predictions(write_predictions(_pred(subgroups=SUBGROUPS), tmp_path / f"p{suffix}"))
+    assert sorted(back.subgroups) == ["age", "sex", "site"]
+    assert back.subgroups["sex"].tolist() == SUBGROUPS["sex"]  # None stays unknown
+    np.testing.assert_array_equal(back.subgroups["age"], [34, 71.5, np.nan, 58, 80, 12])
+    assert back.select(np.array([4, 2])).subgroups["site"].tolist() == ["a", "b"]
+
+
+def test_json_subgroups_use_null_for_unknown(tmp_path):
+    data = json.loads(
+        write_predictions(_pred(subgroups=SUBGROUPS), tmp_path / "p.json").read_text()
+    )
+    assert data["subgroups"]["age"][2] is None and data["subgroups"]["sex"][2] is None
+    assert "subgroups" not in json.loads(
+        write_predictions(_pred(), tmp_path / "q.json").read_text()
+    )
 
 
 def test_json_layout_uses_null_for_not_annotated(tmp_path):
@@ -91,6 +119,17 @@ BAD_CASES = {
     "score kind": (dict(score_kind="rank"), "score_kind 'rank' is not one of"),
     "patients": (dict(patient_ids=["p0"]), "1 patient_ids for 6 ids"),
     "no rows": (dict(ids=[], targets=[], scores=[], patient_ids=None), "no rows"),
+    "subgroups not an object": (dict(subgroups=[1, 2]), "'subgroups' must be an object"),
+    "subgroup length": (dict(subgroups={"sex": ["F"]}), "subgroup field 'sex' has 1 values"),
+    "subgroup mixed types": (
+        dict(subgroups={"age": [1, "old", 3, 4, 5, 6]}),
+        "subgroup field 'age', row 1: 'old'",
+    ),
+    "subgroup empty string": (
+        dict(subgroups={"sex": ["F", "", "M", "F", "M", "F"]}),
+        "subgroup field 'sex', row 1",
+    ),
+    "subgroup bad name": (dict(subgroups={"a:b": ["x"] * 6}), "field name 'a:b'"),
 }
 
 
@@ -116,6 +155,14 @@ def test_not_json_missing_file_and_bad_npz(tmp_path):
     np.savez(tmp_path / "y.npz", format=np.array(FORMAT_NAME), version=np.array(2))
     with pytest.raises(DataFormatError, match="format version 2"):
         read_predictions(tmp_path / "y.npz")
+    with np.load(write_predictions(_pred(), tmp_path / "z.npz")) as npz:
+        arrays = {key: npz[key] for key in npz.files}
+    np.savez(tmp_path / "z.npz", **{**arrays, "provenance": np.array("{not json")})
+    with pytest.raises(DataFormatError) as info:
+        read_predictions(tmp_path / "z.npz")
+    assert str(tmp_path / "z.npz") in str(info.value) and "'provenance' is not valid JSON" in str(
+        info.value
+    )
 
 
 def test_writer_refuses_invalid_predictions(tmp_path):
@@ -184,3 +231,13 @@ def test_align_refuses_different_truth_and_disjoint_ids():
     c = _pred(ids=[f"other{i}" for i in range(6)])
     with pytest.raises(DataFormatError, match="share no id"):
         pair_predictions(a, c, align=True)
+
+
+def test_pairing_carries_both_files_subgroups_and_refuses_disagreement():
+    a = validate_predictions(_pred(subgroups={"sex": SUBGROUPS["sex"]}))
+    b = validate_predictions(_pred(subgroups={"age": SUBGROUPS["age"], "sex": SUBGROUPS["sex"]}))
+    pa, pb, _ = pair_predictions(a, b)
+    assert sorted(pa.subgroups) == sorted(pb.subgroups) == ["age", "sex"]
+    other = validate_predictions(_pred(subgroups={"sex": ["F", "M", None, "F", "F", "F"]}))
+    with pytest.raises(DataFormatError, match="id 'img4' different values of subgroup field 'sex'"):
+        pair_predictions(a, other)

@@ -35,7 +35,7 @@ def _reference_equalize(image: np.ndarray) -> np.ndarray:
 
 
 def _reference_paper(gray: np.ndarray, size: int) -> np.ndarray:
-    """The study's step written out: min-max → 8-bit → equalise → stretch-resize (torch, antialiased)."""
+    """The paper preset written out: min-max → 8-bit → equalise → stretch-resize (torch, antialiased)."""
     g = gray.astype(np.float64)
     unit = (g - g.min()) / (g.max() - g.min())
     eight = np.rint(unit * 255).astype(np.uint8)
@@ -57,9 +57,10 @@ def _gray(height: int, width: int, seed: int = 0) -> np.ndarray:
     )
 
 
-def test_paper_preset_is_the_study_step():
+def test_paper_preset_settings():
     cfg = PRESETS["paper"]
     assert (cfg.aspect, cfg.equalize, cfg.minmax) == ("stretch", True, True)
+    assert (cfg.decode, cfg.resize_first) == ("display", False)
 
 
 def test_paper_preset_exact_before_resize():

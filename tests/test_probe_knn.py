@@ -55,6 +55,22 @@ def test_knn_matches_brute_force_reference(device):
         )
 
 
+def test_search_in_blocks_of_float16_rows_matches_brute_force():
+    """Features kept as float16 and normalised block by block: 4 training blocks of 40 rows, query
+    blocks of 8 (max_elements 320), the same scores as the brute force on the same values."""
+    train, targets, query = data(150, 30, 8, 3, seed=4)
+    train16, query16 = train.astype(np.float16), query.astype(np.float16)
+    ks = (1, 5, 20)
+    ours = knn_scores(train16, targets, query16, ks, temperature=0.07, max_elements=8 * 40)
+    whole = knn_scores(train16.astype(np.float32), targets, query16.astype(np.float32), ks)
+    for k in ks:
+        reference = brute_force(
+            train16.astype(np.float32), targets, query16.astype(np.float32), k, 0.07
+        )
+        np.testing.assert_allclose(ours[k], reference, rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(ours[k], whole[k], rtol=1e-6)  # blocks: rounding only
+
+
 def test_neighbours_without_annotation_fall_back_to_prevalence():
     train = np.eye(4, dtype=np.float32)[[0, 0, 1, 2, 3]]
     targets = np.array([[np.nan], [np.nan], [1], [0], [0]], dtype=np.float32)

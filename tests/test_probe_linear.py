@@ -11,15 +11,10 @@ from sklearn.metrics import roc_auc_score
 
 from cxrprobe.cache.embeddings import create_embeddings
 from cxrprobe.cache.store import RowMetadata
+from cxrprobe.data.targets import positive_weights, training_targets
 from cxrprobe.errors import ConfigError, DataFormatError, WeightsError
 from cxrprobe.probe.backends import SklearnBackend, TorchBackend
-from cxrprobe.probe.linear import (
-    LinearProbe,
-    Standardizer,
-    fit_linear_probe,
-    positive_weights,
-    training_targets,
-)
+from cxrprobe.probe.linear import LinearProbe, Standardizer, fit_linear_probe
 from cxrprobe.probe.run import ProbeConfig, run_probe
 
 
@@ -265,9 +260,9 @@ def test_blocks_of_problems_give_the_same_fit():
     x_std = Standardizer.fit(x).apply(x)
     cs = [0.01, 0.1, 1.0, 10.0]
     whole = TorchBackend().fit_grid(x_std, labels, cs, tol=1e-6)
-    blocks = TorchBackend(max_elements=300 * 5).fit_grid(
+    blocks = TorchBackend(max_memory=20_000).fit_grid(
         x_std, labels, cs, tol=1e-6
-    )  # 5 problems per block
+    )  # 3 batches of 4 problems, feature blocks of 15 rows
     np.testing.assert_allclose(whole.coef, blocks.coef, atol=1e-4)
 
 

@@ -8,6 +8,7 @@ scikit-learn on the written predictions) for the probe or the fine-tune.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -65,8 +66,11 @@ def test_every_readme_command_runs(readme_run):
     assert (cwd / "demo_run" / "study" / "report.md").is_file()
     assert (cwd / "tour" / "compare.png").is_file() and (cwd / "tour" / "emb.h5").is_file()
     assert (cwd / "tour" / "finetune" / "predictions.json").is_file()
+    evaluated = json.loads((cwd / "tour" / "evaluate.json").read_text())  # manifest sex → --by
+    assert [s["field"] for s in evaluated["subgroups"]] == ["sex"]
+    assert {g["name"] for g in evaluated["subgroups"][0]["groups"]} == {"F", "M"}
     dry = next(out for key, out in outputs.items() if key.startswith("study "))
-    assert dry.count("[todo]") == len(re.findall(r"^\[todo\]", dry, re.M)) > 6 * 3
+    assert dry.count("[to run]") == len(re.findall(r"^\[to run\]", dry, re.M)) > 6 * 3
     assert "cxrprobe extract --init dinov2 --weights /weights/dinov2_vitb14_pretrain.pth" in dry
 
 

@@ -6,8 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cxrprobe.data.policies import Policies, apply_policies, apply_uncertain, select_views
+from cxrprobe.data.policies import Policies, apply_policies, select_views
 from cxrprobe.data.splits import official_split, patients_in_several_splits, random_split
+from cxrprobe.data.targets import apply_uncertain
 from cxrprobe.errors import ConfigError, DataFormatError
 
 SEEDS = range(5)

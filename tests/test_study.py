@@ -14,7 +14,9 @@ from cxrprobe.cache import open_embeddings
 from cxrprobe.cli import main
 from cxrprobe.data.synthetic import generate_dataset
 from cxrprobe.errors import ConfigError
+from cxrprobe.stats.options import BootstrapOptions
 from cxrprobe.stats.predictions import read_predictions
+from cxrprobe.stats.report import evaluate_file
 from cxrprobe.workflow.config import load_study
 
 TINY = "{ depth = 1, embed_dim = 32, num_heads = 2 }"
@@ -31,6 +33,8 @@ workers = 1
 
 [probe]
 grid = [0.01, 1.0, 100.0]
+train_fraction = [0.5, 1.0]
+repeats = 2
 
 [finetune]
 epochs = 1
@@ -44,7 +48,7 @@ resamples = 200
 name = "syn"
 adapter = "generic"
 root = "data"
-options = {{ split = "random", val_frac = 0.25, test_frac = 0.35, seed = 1 }}
+options = {{ split = "random", val_fraction = 0.25, test_fraction = 0.35, seed = 1 }}
 
 [[inits]]
 name = "p14"
@@ -97,9 +101,11 @@ def test_dry_run_lists_every_step_with_its_command(study_dir):
         "syn/preprocess",
         "syn/p14/extract",
         "syn/p14/probe",
+        "syn/p14/curve",
         "syn/p14/finetune",
         "syn/b16/extract",
         "syn/b16/probe",
+        "syn/b16/curve",
         "syn/compare/p14/probe_vs_b16/probe",
         "syn/compare/p14/finetune_vs_p14/probe",
     ]
@@ -128,12 +134,61 @@ def test_study_runs_and_report_matches_sklearn(ran):
         )
 
 
+def _youden(targets: np.ndarray, scores: np.ndarray) -> float:
+    """The reference: sklearn's ROC points, the highest threshold of largest TPR - FPR ("nothing
+    positive", sklearn's inf, is the next float above the highest score)."""
+    from sklearn.metrics import roc_curve
+
+    fpr, tpr, thresholds = roc_curve(targets, scores, drop_intermediate=False)
+    best = float(thresholds[int(np.argmax(tpr - fpr))])
+    return best if np.isfinite(best) else float(np.nextafter(scores.max(), np.inf))
+
+
+def test_probe_comparisons_choose_thresholds_on_the_probes_validation_predictions(ran):
+    run, _ = ran
+    report = json.loads((run / "syn" / "compare" / "p14-probe_vs_b16-probe.json").read_text())
+    for key, init in (("a", "b16"), ("b", "p14")):
+        val_file = run / "syn" / init / "probe" / "predictions.val.json"
+        assert report["validation"][key]["path"] == str(val_file)
+        assert report["thresholds"][key]["chosen_on"] == f"validation file {val_file}"
+        val = read_predictions(val_file)
+        assert val.provenance["scored_split"] == "val"
+        for j, row in enumerate(report["thresholds"][key]["labels"]):
+            keep = ~np.isnan(val.targets[:, j])
+            y = val.targets[keep, j]
+            if 0 < y.sum() < len(y):
+                assert row["threshold"] == pytest.approx(_youden(y, val.scores[keep, j]))
+
+
+def test_report_curves_equal_the_stats_library_on_the_point_files(ran):
+    """The curve table: per (init, fraction) the mean over repeats of `evaluate`'s mean AUROC and
+    of its CI endpoints, computed here directly on each point's predictions file."""
+    run, output = ran
+    report = json.loads((run / "report.json").read_text())
+    compared = json.loads(Path(report["comparisons"][0]["report"]).read_text())
+    options = BootstrapOptions(**compared["options"])
+    rows = {(r["init"], r["fraction"]): r for r in report["curves"]}
+    assert set(rows) == {(i, f) for i in ("p14", "b16") for f in (0.5, 1.0)}
+    for (init, fraction), row in rows.items():
+        files = sorted((run / "syn" / init / "curve").glob(f"f{fraction:g}_r[0-9].json"))
+        assert len(files) == row["repeats"] == 2
+        means = [evaluate_file(f, options)["mean"] for f in files]
+        assert row["mean_auroc"] == pytest.approx(np.mean([m["auroc"] for m in means]), abs=1e-12)
+        for k in (0, 1):
+            assert row["ci"][k] == pytest.approx(np.mean([m["auroc_ci"][k] for m in means]))
+        assert row["per_repeat"] == pytest.approx([_mean_auroc(f) for f in files], abs=1e-12)
+    assert rows[("p14", 1.0)]["sd_repeats"] == 0.0  # fraction 1: the same subset every repeat
+    assert (run / "report_curves.png").stat().st_size > 0
+    assert "| syn | p14 | linear-probe | 0.5 |" in (run / "report.md").read_text()
+    assert "Label efficiency" in output
+
+
 def test_rerun_skips_finished_steps_and_changed_settings_are_refused(ran, study_dir):
     run, _ = ran
     before = {p: p.stat().st_mtime_ns for p in (run / ".steps").iterdir()}
     again = CliRunner().invoke(main, ["study", str(study_dir / "study.toml")])
     assert again.exit_code == 0, again.output
-    assert again.output.count("finished earlier, skipped") == 9
+    assert again.output.count("finished earlier, skipped") == 11
     assert {p: p.stat().st_mtime_ns for p in (run / ".steps").iterdir()} == before
 
     changed = study_dir / "changed.toml"

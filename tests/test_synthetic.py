@@ -24,7 +24,7 @@ from cxrprobe.data.synthetic import (
     plan_dataset,
     render_radiograph,
 )
-from cxrprobe.data.synthetic_anatomy import sample_anatomy
+from cxrprobe.data.synthetic.anatomy import sample_anatomy
 from cxrprobe.errors import ConfigError
 
 # Written out here rather than imported, so a change to the layout fails this test: the

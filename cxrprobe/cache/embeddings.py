@@ -10,6 +10,12 @@ for every manifest row (in manifest order):
 ``layers``  (n, N, D)  optional: the class token of each of the last N blocks, each after the
                        final norm (``layers[:, -1] == cls``); DINOv2's ``n_last_blocks``
 
+Models without a class token (CNNs such as DenseNet-121; the ``pooled`` read-out of
+:mod:`cxrprobe.models`) fill the same two arrays: ``cls`` is the model's pooled feature vector
+(timm's ``forward_head(pre_logits=True)``, its classifier's input) and ``mean`` the mean of the
+last feature map over its positions (equal to ``cls`` for average-pooled CNNs); they have no
+``layers``. So ``cls`` is always the model's own read-out and probes default to it.
+
 stored as float16 (default) or float32, in chunks of about 16 MB (8192 rows of ``cls``) and
 shards of up to 16384 rows, so a whole array reads in seconds and a shard (one extraction work
 unit) stays small enough to redo. Rows that failed (an
@@ -43,7 +49,16 @@ FEATURES = {
     "mean": "mean of the last block's patch tokens after the final norm (prefix/register tokens excluded)",
     "layers": "class token of each of the last N blocks after the final norm (last entry = cls)",
 }
+POOLED_FEATURES = {
+    "cls": "the model's pooled features, timm forward_head(pre_logits=True) (no class token)",
+    "mean": "mean of the last feature map (forward_features) over its positions",
+}
 _PART = re.compile(r"^(cls|mean|layers|last(\d+))$")
+
+
+def feature_definitions(readout: str) -> dict[str, str]:
+    """What ``cls``/``mean``/``layers`` mean for a model's read-out (``token`` or ``pooled``)."""
+    return POOLED_FEATURES if readout == "pooled" else FEATURES
 
 
 def _pow2_floor(x: float) -> int:
@@ -159,6 +174,11 @@ class Embeddings:
         return tuple(spec.name for spec in self.store.array_specs)
 
     @property
+    def readout(self) -> str:
+        """``token`` (class token and patch mean of a ViT) or ``pooled`` (a CNN's pooled features)."""
+        return str(self.identity.get("model", {}).get("readout", "token"))
+
+    @property
     def dim(self) -> int:
         """D, the width of one token."""
         return int(self.store.array("cls").shape[1])
@@ -171,6 +191,12 @@ class Embeddings:
     @property
     def dtype(self) -> str:
         return str(self.store.array("cls").dtype)
+
+    def to_xarray(self) -> Any:
+        """The store as a lazily read ``xarray.Dataset``: ``cls``/``mean`` (row, feature),
+        ``layers`` (row, layer, feature), ``labels`` (row, finding), ``failed`` (row), with
+        ``ids``, ``split``, ``patient_id`` and ``finding`` as coordinates (needs xarray)."""
+        return self.store.to_xarray()
 
     def rows(
         self,
@@ -251,6 +277,12 @@ class Embeddings:
                 parts.append((name, 1))
                 continue
             count = self.n_layers if name == "layers" else int(match.group(2))
+            if self.readout == "pooled":
+                arch = self.identity.get("model", {}).get("arch", "its model")
+                raise ConfigError(
+                    f"feature kind {kind!r}: {self.path} holds the pooled features of {arch}, which "
+                    "has no class token per block; use cls (its pooled features), mean or cls+mean"
+                )
             if not 1 <= count <= self.n_layers:
                 raise ConfigError(
                     f"feature kind {kind!r}: {self.path} holds class tokens of {self.n_layers} blocks; "

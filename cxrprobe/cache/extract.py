@@ -1,12 +1,13 @@
 """``cxrprobe extract``: frozen-backbone embeddings of every manifest row, written to a Zarr store.
 
-The work unit is a store shard (a contiguous row range). Images come from the preprocessed image
-cache (fast path: each batch is one contiguous read) or from raw files decoded in DataLoader
-workers; batches never cross a shard boundary. Three things overlap: workers load the next batches
-into pinned memory, the device computes, and a writer thread writes finished shards (bounded queue,
-so memory stays flat however large the dataset). On CUDA the model runs in bf16 autocast with
-fused attention (SDPA) and channels-last input; on CPU in float32. Results are copied back to host
-asynchronously, so the device is never waiting for the host.
+The work unit is a store shard (a contiguous row range). Images come from an
+:class:`~cxrprobe.cache.source.ImageSource`: the preprocessed image cache (fast path: each batch is
+one contiguous read) or raw files decoded in DataLoader workers; batches never cross a shard
+boundary. Three things overlap: workers load the next batches into pinned memory, the device
+computes, and a writer thread writes finished shards (bounded queue, so memory stays flat however
+large the dataset). On CUDA the model runs in bf16 autocast with fused attention (SDPA) and
+channels-last input; on CPU in float32. Results are copied back to host asynchronously, so the
+device is never waiting for the host.
 
 A killed run is resumed by running the same command: only shards without a done record are redone,
 batch by batch exactly as before, so the final store equals an uninterrupted run. A store made with
@@ -18,19 +19,23 @@ pending shards (:mod:`cxrprobe.cache.distributed`). The per-rank loop is
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from cxrprobe.cache.distributed import run_on_main
-from cxrprobe.cache.embeddings import FEATURES, KIND, embedding_layout
+from cxrprobe.cache.embeddings import KIND, embedding_layout, feature_definitions
+from cxrprobe.cache.layout import write_run_files
 from cxrprobe.cache.pipeline import Extractor
-from cxrprobe.cache.store import RowMetadata, RowStore
+from cxrprobe.cache.source import ImageSource, from_dataset, open_source
+from cxrprobe.cache.store import RowStore
+from cxrprobe.data.preprocess import PreprocessConfig
 from cxrprobe.devices import barrier, torchrun_context
 from cxrprobe.errors import ConfigError
+from cxrprobe.outputs import WriterLock, check_output_location
 from cxrprobe.progress import ProgressFactory
 from cxrprobe.provenance import now_utc, versions
 
@@ -39,84 +44,29 @@ log = logging.getLogger(__name__)
 FEATURE_VERSION = 1  # bump when the feature definitions (FEATURES) change
 
 
-@dataclass
-class Source:
-    """Where the images come from: rows, a torch Dataset of items, and what decides the pixels."""
+def extraction_identity(spec: Any, source: ImageSource, layers: int, dtype: str) -> dict[str, Any]:
+    """What decides the stored numbers; resuming with any other value is refused.
 
-    metadata: RowMetadata
-    dataset: Any
-    preprocess: dict[str, Any]
-    provenance: dict[str, Any]
-
-
-def open_source(
-    images: str | os.PathLike | None = None,
-    manifest: Any = None,
-    root: str | os.PathLike | None = None,
-    preprocess: Any = None,
-    img_size: int = 224,
-) -> Source:
-    """The image cache at ``images``, or the raw files of ``manifest`` (DataFrame or path) under ``root``."""
-    if (images is None) == (manifest is None):
-        raise ConfigError(
-            "give either --images (an image cache) or --manifest (raw files), not both or neither"
-        )
-    if images is not None:
-        from cxrprobe.cache.images import open_images
-        from cxrprobe.data.loading import CachedImages
-
-        if preprocess is not None:
-            raise ConfigError(
-                "--preset applies to raw files only; an image cache was preprocessed when it was built"
-            )
-        cache = open_images(images)
-        prov = cache.provenance
-        return Source(
-            metadata=cache.metadata(),
-            dataset=CachedImages(str(cache.path)),
-            preprocess={
-                "config": cache.config.to_dict(),
-                "version": cache.store.identity.get("preprocess_version"),
-            },
-            provenance={
-                "images": str(cache.path),
-                "manifest": prov.get("manifest"),
-                "manifest_hash": prov.get("manifest_hash"),
-            },
-        )
-    from cxrprobe.data.loading import RawImages
-    from cxrprobe.data.manifest import manifest_hash, read_manifest
-    from cxrprobe.data.preprocess import PREPROCESS_VERSION, PreprocessConfig
-
-    path = None if hasattr(manifest, "columns") else str(manifest)
-    df = manifest if path is None else read_manifest(manifest)
-    cfg = (preprocess or PreprocessConfig()).with_size(img_size)
-    return Source(
-        metadata=RowMetadata.from_manifest(df),
-        dataset=RawImages(df, root, cfg),
-        preprocess={"config": cfg.to_dict(), "version": PREPROCESS_VERSION},
-        provenance={
-            "manifest": path,
-            "manifest_hash": manifest_hash(df),
-            "root": None if root is None else str(root),
-        },
-    )
-
-
-def extraction_identity(spec: Any, source: Source, layers: int, dtype: str) -> dict[str, Any]:
-    """What decides the stored numbers; resuming with any other value is refused."""
+    The read-out and the normalisation are listed only when they are not the defaults (a class
+    token; the model config's mean/std), so stores made before they were recorded still resume.
+    """
+    model = {
+        "init": spec.init,
+        "arch": spec.arch,
+        "model_kwargs": spec.model_kwargs,
+        "weights_sha256": spec.weights_sha256,
+        "img_size": spec.img_size,
+    }
+    if spec.readout != "token":
+        model["readout"] = spec.readout
+    if spec.normalization != "model config":
+        model.update(mean=list(spec.mean), std=list(spec.std))
     return {
-        "model": {
-            "init": spec.init,
-            "arch": spec.arch,
-            "model_kwargs": spec.model_kwargs,
-            "weights_sha256": spec.weights_sha256,
-            "img_size": spec.img_size,
-        },
+        "model": model,
         "preprocess": source.preprocess,
         "layers": int(layers),
         "dtype": dtype,
-        "features": FEATURES,
+        "features": feature_definitions(spec.readout),
         "feature_version": FEATURE_VERSION,
     }
 
@@ -130,6 +80,7 @@ def extract_embeddings(
     manifest: Any = None,
     root: str | os.PathLike | None = None,
     preprocess: Any = None,
+    dataset: Any = None,
     img_size: int = 224,
     layers: int = 0,
     dtype: str = "float16",
@@ -141,31 +92,49 @@ def extract_embeddings(
     shard_rows: int | None = None,
     arch: str | None = None,
     model_kwargs: Mapping[str, Any] | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
     progress: ProgressFactory | None = None,
+    record: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Compute the embeddings of every row into the store at ``out``; resumable, multi-rank.
 
-    Give ``images`` (an image cache) or ``manifest`` + ``root`` (raw files, preprocessed with
-    ``preprocess``, a :class:`~cxrprobe.data.preprocess.PreprocessConfig`, at ``img_size``). The
+    Give ``images`` (an image cache), ``manifest`` + ``root`` (raw files, preprocessed with
+    ``preprocess``, a :class:`~cxrprobe.data.preprocess.PreprocessConfig`, at ``img_size``) or
+    ``dataset``: an :class:`~cxrprobe.cache.source.ImageSource`, or any map-style dataset of
+    ``(image, labels, id)`` items, preprocessed the same way (:func:`~cxrprobe.cache.source.from_dataset`
+    builds the source with findings, splits or patients of your choice). The
     model is built by :func:`cxrprobe.models.create_model` from ``init``/``weights``/``arch``/
-    ``model_kwargs``. ``layers`` > 0 also stores the class tokens of the last N blocks.
-    ``progress(total, desc)`` makes rank 0's bar (see :mod:`cxrprobe.progress`).
+    ``model_kwargs``; ``mean``/``std`` replace its input normalisation. ``layers`` > 0 also
+    stores the class tokens of the last N blocks (ViTs only).
+    ``progress(total, desc)`` makes rank 0's bar (see :mod:`cxrprobe.progress`). ``record``
+    (the command's resolved options): rank 0 writes ``failures.json`` and the ``cxrprobe
+    extract`` run record beside the store (:func:`~cxrprobe.cache.layout.write_run_files`).
 
     Returns a summary: ``out``, ``rows``, ``images`` (rows with features), ``failures`` (list of
     ``{row, image_id, reason}``), ``computed`` (rows done by this run, all ranks), ``seconds``,
     ``images_per_s``, ``shards``, ``shards_resumed``, ``world_size``, ``device``, ``model``.
     """
-    from cxrprobe.models import create_model
+    from cxrprobe.models import check_embeddable, create_model
 
     if batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
-    source = open_source(images, manifest, root, preprocess, img_size)
-    with torchrun_context(device) as ctx:
+    check_output_location(out, "folder")
+    source = _image_source(images, manifest, root, preprocess, img_size, dataset)
+    with torchrun_context(device) as ctx, contextlib.closing(WriterLock(out)) as lock:
+        run_on_main(ctx, lock.acquire)  # rank 0 holds the store until it is finalized
         dev = ctx.device
         model, spec = create_model(
-            init, weights, img_size=img_size, arch=arch, model_kwargs=model_kwargs
+            init,
+            weights,
+            img_size=img_size,
+            arch=arch,
+            model_kwargs=model_kwargs,
+            mean=mean,
+            std=std,
         )
-        _check_layers(model, layers)
+        check_embeddable(model, spec)
+        _check_layers(model, spec, layers)
         identity = extraction_identity(spec, source, layers, dtype)
         provenance = {
             **source.provenance,
@@ -198,7 +167,7 @@ def extract_embeddings(
         mine = todo["pending"][ctx.rank :: ctx.world_size]
         planned = time.perf_counter()
         timings = Extractor(store, model, spec, layers, dtype, dev, batch_size, compile).run(
-            source.dataset, mine, _workers(num_workers, dev), progress if ctx.is_main else None
+            source, mine, _workers(num_workers, dev), progress if ctx.is_main else None
         )
         barrier(ctx)
         computed = sum(_shard_len(store, s) for s in todo["pending"])
@@ -219,11 +188,28 @@ def extract_embeddings(
         "timings": timings,
     }
     if ctx.is_main:
+        if record is not None:
+            write_run_files(out, "cxrprobe extract", dict(record), result)
         log.info(describe(result))
     return result
 
 
-def _finalize(store: RowStore, source: Source, computed: int, seconds: float) -> dict[str, Any]:
+def _image_source(
+    images: Any, manifest: Any, root: Any, preprocess: Any, img_size: int, dataset: Any
+) -> ImageSource:
+    """The rows to embed: an image cache, raw files or a dataset (exactly one of them)."""
+    if dataset is None:
+        return open_source(images, manifest, root, preprocess, img_size)
+    if images is not None or manifest is not None:
+        raise ConfigError("give a dataset, an image cache or a manifest, not several")
+    if isinstance(dataset, ImageSource):
+        return dataset
+    return from_dataset(dataset, (preprocess or PreprocessConfig()).with_size(img_size))
+
+
+def _finalize(
+    store: RowStore, source: ImageSource, computed: int, seconds: float
+) -> dict[str, Any]:
     result = store.finalize(
         {
             "manifest_hash": source.provenance.get("manifest_hash"),
@@ -241,11 +227,16 @@ def _finalize(store: RowStore, source: Source, computed: int, seconds: float) ->
     }
 
 
-def _check_layers(model: Any, layers: int) -> None:
+def _check_layers(model: Any, spec: Any, layers: int) -> None:
     if layers < 0:
         raise ConfigError(f"--layers must be >= 0, got {layers}")
     if not layers:
         return
+    if spec.readout == "pooled":
+        raise ConfigError(
+            f"--layers stores the class token of each block, and {spec.arch} has none (its "
+            "features are pooled: cls is its pooled vector, mean its position mean); drop --layers"
+        )
     depth = len(getattr(model, "blocks", ()))
     if not hasattr(model, "forward_intermediates") or not depth:
         raise ConfigError(

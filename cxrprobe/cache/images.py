@@ -6,6 +6,11 @@ owning whole shards of a :class:`~cxrprobe.cache.store.RowStore` and writing eac
 call. A killed run is resumed by running it again (only shards without a done record are redone).
 Rows that could not be read are recorded as failures (their pixels stay 0 and are masked by
 ``failed``), never used as images. :func:`open_images` reads a finished cache.
+
+The output location is checked before any work, and the builder holds the store's
+:class:`~cxrprobe.outputs.WriterLock` until it is finished. Workers die with the builder (a
+SIGKILLed builder leaves nothing running) and ignore Ctrl-C, which the builder answers by
+stopping them at once; finished shards are kept either way.
 """
 
 from __future__ import annotations
@@ -13,8 +18,11 @@ from __future__ import annotations
 import math
 import multiprocessing as mp
 import os
+import signal
+import sys
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -24,9 +32,11 @@ from typing import Any
 
 import numpy as np
 
+from cxrprobe.cache.layout import write_run_files
 from cxrprobe.cache.store import ArraySpec, RowMetadata, RowStore
 from cxrprobe.data.decode import image_paths
 from cxrprobe.data.manifest import (
+    label_policies,
     manifest_hash,
     normalize_manifest,
     read_manifest,
@@ -34,6 +44,7 @@ from cxrprobe.data.manifest import (
 )
 from cxrprobe.data.preprocess import PREPROCESS_VERSION, PreprocessConfig, load_preprocessed
 from cxrprobe.errors import DataFormatError, DecodeError, IncompleteStoreError, InputFileError
+from cxrprobe.outputs import WriterLock, check_output_location
 from cxrprobe.progress import ProgressFactory, start_bar
 from cxrprobe.provenance import versions
 
@@ -83,23 +94,59 @@ def build_image_cache(
     shard_rows: int | None = None,
     overwrite: bool = False,
     progress: ProgressFactory | None = None,
+    record: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Decode and preprocess every manifest row into the image cache at ``out``; resumable.
 
     ``manifest`` is a DataFrame or a Parquet/CSV path; relative ``path`` entries are joined to
     ``root``. ``workers`` processes each compute whole shards (1: in this process).
     ``progress(total, desc)`` makes the bar (see :mod:`cxrprobe.progress`); it counts the images
-    this run computes.
+    this run computes. ``record`` (the command's options beyond these, e.g. the preset): write
+    ``failures.json`` and the ``cxrprobe preprocess`` run record beside the store
+    (:func:`~cxrprobe.cache.layout.write_run_files`); None writes neither.
 
     Returns a summary: ``out``, ``rows``, ``images`` (rows with pixels), ``failures`` (list of
     ``{row, image_id, path, reason}``), ``computed`` (rows processed by this run), ``shards``,
     ``shards_resumed`` (already done before), ``seconds``, ``images_per_s``, ``workers``,
     ``shard_rows``.
     """
+    check_output_location(out, "folder")
     source = None if hasattr(manifest, "columns") else str(manifest)
     df = _manifest_frame(manifest)
     paths = image_paths(df, root)
     workers = max(1, int(workers or 1))
+    with WriterLock(out):
+        summary = _build(
+            df, source, paths, root, out, cfg, workers, shard_rows, overwrite, progress
+        )
+        if record is not None:
+            options = {
+                "manifest": None if source is None else Path(source),
+                "root": None if root is None else Path(root),
+                "out": Path(out),
+                **record,
+                "preprocess": cfg.to_dict(),
+                "workers": workers,
+                "shard_rows": summary["shard_rows"],
+                "overwrite": overwrite,
+            }
+            write_run_files(out, "cxrprobe preprocess", options, summary)
+    return summary
+
+
+def _build(
+    df: Any,
+    source: str | None,
+    paths: Sequence[str],
+    root: str | os.PathLike | None,
+    out: str | os.PathLike,
+    cfg: PreprocessConfig,
+    workers: int,
+    shard_rows: int | None,
+    overwrite: bool,
+    progress: ProgressFactory | None,
+) -> dict[str, Any]:
+    """Open (or create) the store and fill its pending shards; the caller holds its lock."""
     store = RowStore.open_or_create(
         out,
         kind=KIND,
@@ -110,6 +157,7 @@ def build_image_cache(
         provenance={
             "manifest": source,
             "manifest_hash": manifest_hash(df),
+            "label_policies": label_policies(df),
             "root": None if root is None else str(root),
             "config": cfg.to_dict(),
             "versions": versions(extra=("pillow", "pydicom")),
@@ -164,11 +212,35 @@ def _task(store: RowStore, shard: int, paths: Sequence[str], cfg: PreprocessConf
 
 
 _counter: Any = None  # per worker process: a shared count of finished images
+_PR_SET_PDEATHSIG = 1  # Linux prctl option: a signal for this process when its parent dies
 
 
-def _init_worker(counter: Any) -> None:
+def _init_worker(counter: Any, parent: int) -> None:
     global _counter
     _counter = counter
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    _die_with_parent(parent)
+
+
+def _die_with_parent(parent: int) -> None:
+    """End this worker when ``parent`` dies, so a SIGKILLed parent leaves no worker writing.
+
+    Linux delivers SIGKILL through ``prctl(PR_SET_PDEATHSIG)``; elsewhere (or if that fails) a
+    daemon thread notices the new parent pid within a second.
+    """
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL))
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
+    threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
+
+
+def _watch_parent(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os._exit(1)
 
 
 def _count_in_pool(n: int) -> None:
@@ -207,7 +279,7 @@ def _run_pool(tasks: Sequence[_ShardTask], workers: int, tick: Tick | None) -> N
         max_workers=min(workers, len(tasks)),
         mp_context=ctx,
         initializer=_init_worker,
-        initargs=(counter,),
+        initargs=(counter, os.getpid()),
     )
     reported = 0
     try:
@@ -221,15 +293,23 @@ def _run_pool(tasks: Sequence[_ShardTask], workers: int, tick: Tick | None) -> N
                 tick(value - reported)
                 reported = value
     except BrokenProcessPool as exc:
-        pool.shutdown(wait=False, cancel_futures=True)
+        _stop(pool)
         raise IncompleteStoreError(
             f"{tasks[0].store}: a worker process died ({exc}); finished shards are kept: run the same "
             "command again to resume (with fewer --workers if memory ran out)"
         ) from exc
     except BaseException:
-        pool.shutdown(wait=False, cancel_futures=True)
+        _stop(pool)
         raise
     pool.shutdown()
+
+
+def _stop(pool: ProcessPoolExecutor) -> None:
+    """Kill the workers now: after an error or Ctrl-C, running shards are not waited for (a
+    shard cut short has no done record and is redone on resume)."""
+    for process in list((pool._processes or {}).values()):  # no public way before Python 3.14
+        process.kill()
+    pool.shutdown(wait=True, cancel_futures=True)
 
 
 # ------------------------------------------------------------------------------------ reading
@@ -272,6 +352,11 @@ class ImageCache:
 
     def metadata(self) -> RowMetadata:
         return self.store.metadata()
+
+    def to_xarray(self) -> Any:
+        """The cache as a lazily read ``xarray.Dataset``: ``images`` (row, y, x) uint8 with the
+        row metadata, as :meth:`RowStore.to_xarray <cxrprobe.cache.store.RowStore.to_xarray>`."""
+        return self.store.to_xarray()
 
     def __len__(self) -> int:
         return self.store.n_rows

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -14,7 +15,8 @@ SHOWN_FAILURES = 5
 
 
 def describe_store(path: str | os.PathLike) -> dict[str, Any]:
-    """Kind, rows, arrays, findings, split counts, failures, completeness, identity and provenance."""
+    """Kind, rows, arrays, findings, split counts, failures, completeness, the files beside the
+    store (bookkeeping folder, ``rows.parquet``, run record), identity and provenance."""
     store = RowStore.open(path)
     attrs = store.attrs
     meta = store.metadata()
@@ -49,6 +51,17 @@ def describe_store(path: str | os.PathLike) -> dict[str, Any]:
                 for r in sorted(failures)[:SHOWN_FAILURES]
             ],
         },
+        "format_version": store.format_version,
+        "files": {
+            "bookkeeping": str(store.files.folder),
+            **{
+                name: str(path) if path.is_file() else None
+                for name, path in (
+                    ("rows_table", store.files.rows),
+                    ("run_record", store.files.run),
+                )
+            },
+        },
         "manifest_hash": attrs.get("manifest_hash") or store.provenance.get("manifest_hash"),
         "identity": store.identity,
         "provenance": store.provenance,
@@ -80,7 +93,8 @@ def format_description(d: dict[str, Any]) -> str:
     if model:
         weights = model.get("weights_sha256")
         lines.append(
-            f"  model: {model['init']} ({model['arch']}), input {model['img_size']} px, patch {model['patch_size']}, "
+            f"  model: {model['init']} ({model['arch']}), input {model['img_size']} px, "
+            f"{'patch ' + str(model['patch_size']) if model.get('patch_size') else 'pooled features'}, "
             f"weights {weights[:12] + '…' if weights else model.get('weights_source')}"
         )
     if "device" in d["provenance"]:
@@ -90,4 +104,7 @@ def format_description(d: dict[str, Any]) -> str:
         )
     if d["manifest_hash"]:
         lines.append(f"  manifest sha256 {d['manifest_hash'][:16]}…")
+    beside = [Path(p).name for p in (d["files"]["rows_table"], d["files"]["run_record"]) if p]
+    if beside:
+        lines.append(f"  beside it: {d['files']['bookkeeping']} ({', '.join(beside)})")
     return "\n".join(lines)

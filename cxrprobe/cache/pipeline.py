@@ -15,26 +15,40 @@ import queue
 import threading
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from cxrprobe.cache.store import RowStore
 from cxrprobe.progress import ProgressFactory, start_bar
 
+if TYPE_CHECKING:
+    from cxrprobe.cache.source import ImageSource
+
 WRITE_QUEUE = 2  # finished shards waiting for the writer; bounds host memory
 COPY_DEPTH = 3  # batches in flight between device and host on CUDA
 
 
-def embed(model: Any, x: Any, layers: int, num_prefix_tokens: int) -> dict[str, Any]:
+def embed(
+    model: Any, x: Any, layers: int, num_prefix_tokens: int, readout: str = "token"
+) -> dict[str, Any]:
     """One batch (B, 3, S, S) → ``cls`` (B, D), ``mean`` (B, D) and, if ``layers``, (B, N, D).
 
-    ``cls`` and ``mean`` come from the last block's tokens after the final norm (exactly
-    ``model.forward_features``); ``layers`` holds the normed class token of each of the last N
-    blocks, as DINOv2's ``get_intermediate_layers(norm=True)``.
+    ``token`` read-out (a ViT with a class token): ``cls`` and ``mean`` come from the last
+    block's tokens after the final norm (exactly ``model.forward_features``); ``layers`` holds the
+    normed class token of each of the last N blocks, as DINOv2's
+    ``get_intermediate_layers(norm=True)``. ``pooled`` read-out (CNNs and other models without a
+    class token): ``cls`` is timm's pooled feature vector (``forward_head(pre_logits=True)``, the
+    classifier's input) and ``mean`` the mean of ``forward_features`` over positions.
     """
     import torch
 
+    if readout == "pooled":
+        out = model.forward_features(x)
+        return {
+            "cls": model.forward_head(out, pre_logits=True),
+            "mean": _position_mean(model, out, num_prefix_tokens),
+        }
     if layers:
         outs = model.forward_intermediates(
             x,
@@ -53,6 +67,15 @@ def embed(model: Any, x: Any, layers: int, num_prefix_tokens: int) -> dict[str, 
         result = {"cls": out[:, 0]}
     result["mean"] = patches.float().mean(dim=1)
     return result
+
+
+def _position_mean(model: Any, out: Any, num_prefix_tokens: int) -> Any:
+    """Mean over positions of a token sequence (B, N, D; prefix tokens left out) or a feature map
+    (B, C, H, W, or B, H, W, C where the model says ``output_fmt == "NHWC"``)."""
+    if out.ndim == 3:
+        return out[:, num_prefix_tokens:].float().mean(dim=1)
+    dims = (1, 2) if getattr(model, "output_fmt", "NCHW") == "NHWC" else (2, 3)
+    return out.float().mean(dim=dims)
 
 
 class Extractor:
@@ -83,7 +106,7 @@ class Extractor:
             model = model.to(memory_format=torch.channels_last)
 
         def forward(x: Any) -> dict[str, Any]:
-            return embed(model, x, layers, spec.num_prefix_tokens)
+            return embed(model, x, layers, spec.num_prefix_tokens, spec.readout)
 
         self.forward = torch.compile(forward, dynamic=False) if compile else forward
 
@@ -97,12 +120,14 @@ class Extractor:
         return batches, owners
 
     def run(
-        self, dataset: Any, shards: list[int], workers: int, progress: ProgressFactory | None
+        self,
+        source: ImageSource,
+        shards: list[int],
+        workers: int,
+        progress: ProgressFactory | None,
     ) -> dict[str, float]:
+        """Embed the rows of ``shards`` read from ``source``; write each finished shard."""
         import torch
-        from torch.utils.data import DataLoader
-
-        from cxrprobe.data.loading import collate_images
 
         batches, owners = self._batches(shards)
         bar = start_bar(progress, sum(len(b) for b in batches), "extract")
@@ -113,14 +138,7 @@ class Extractor:
                 "loader_wait_seconds": 0.0,
                 "write_seconds": 0.0,
             }
-        loader = DataLoader(
-            dataset,
-            batch_sampler=batches,
-            collate_fn=collate_images,
-            num_workers=workers,
-            pin_memory=self.cuda,
-            prefetch_factor=4 if workers else None,
-        )
+        loader = source.loader(batches, workers, pin_memory=self.cuda)
         started = time.perf_counter()
         batches_iter = iter(loader)  # start workers before the writer thread exists
         writer = _Writer(self.store)

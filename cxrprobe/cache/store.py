@@ -7,132 +7,81 @@ a record, and the next run redoes exactly those. Rows never written read back as
 with no error in Zarr, so :meth:`RowStore.finalize` refuses to mark a store complete while any
 shard lacks its record (see ``ecosystem-facts.md``).
 
-Layout of a store directory::
+Kills never leave a store that cannot be resumed: a store is built in a hidden sibling folder and
+renamed into place (:func:`cxrprobe.outputs.build_beside`); an append first marks the store
+incomplete and records the rows it keeps, so an interrupted append is redone by the next run; the
+complete flag is the last thing :meth:`RowStore.finalize` writes, and a store whose rows are not
+all done is never reported complete. Write faults (full disk, read-only) become one-line
+``OutputError`` messages. Writers hold the store's :class:`~cxrprobe.outputs.WriterLock`.
+
+A store folder is a plain Zarr v3 group (done records, ``rows.parquet`` and run records sit
+beside it: :mod:`cxrprobe.cache.layout`)::
 
     zarr.json               group attributes under "cxrprobe": kind, identity, provenance, ...
-    ids, split, patient_id  per-row strings copied from the manifest
-    labels                  (n, L) float32: 1, 0, -1 uncertain, NaN not annotated; "findings"
-    failed                  (n,) bool, written by finalize
-    <data arrays>           e.g. images (n, S, S) uint8 or cls (n, D) float16
-    _progress/shard-*.json  done records: one per finished shard, with that shard's failures
+    ids, split, patient_id  (row,) strings copied from the manifest
+    finding                 (finding,) the finding names
+    labels                  (row, finding) float32: 1, 0, -1 uncertain, NaN not annotated
+    failed                  (row,) bool, written by finalize
+    <data arrays>           e.g. images (row, y, x) uint8 or cls (row, feature) float16
+
+Every array names its dimensions and the per-row ones name ``ids split patient_id`` as their
+coordinates, so ``xarray.open_zarr`` reads a Dataset indexed by row. A finished store's metadata
+is consolidated into its ``zarr.json`` (xarray's default read); writers open stores without it,
+and every attribute write drops it, so it never goes stale.
 """
 
 from __future__ import annotations
 
-import json
+import functools
 import os
-import shutil
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+import uuid
+import warnings
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
+from cxrprobe.cache.layout import (
+    DIMENSIONS,
+    StoreFiles,
+    move_inner_bookkeeping,
+    strict_json,
+    upgrade_arrays,
+    write_rows_table,
+)
+from cxrprobe.cache.reader import ATTR, ArraySpec, StoreReader
+from cxrprobe.cache.rows import RowMetadata
 from cxrprobe.errors import (
     DataFormatError,
     IncompleteStoreError,
     InputFileError,
     StoreMismatchError,
 )
+from cxrprobe.outputs import WriterLock, build_beside, check_replaceable, output_errors
 from cxrprobe.provenance import atomic_write_json, now_utc, to_jsonable
 
-FORMAT_VERSION = 1
-_ATTR = "cxrprobe"
-_PROGRESS = "_progress"
+__all__ = ["ArraySpec", "RowMetadata", "RowStore", "upgrade_store"]
+
+T = TypeVar("T")
+FORMAT_VERSION = 2  # 2: dimension names, strict JSON attributes, bookkeeping beside the store
+ROW_COORDS = "ids split patient_id"  # the coordinates of every per-row array
+_RESUME = "; then run the same command again: finished shards are kept"
 
 
-@dataclass(frozen=True)
-class ArraySpec:
-    """A per-row data array: shape ``(n_rows, *tail)``, chunked by ``chunk_rows`` rows."""
+def _writes(method: Callable[..., T]) -> Callable[..., T]:
+    """A store-writing method whose write faults (full disk, read-only) become ``OutputError``."""
 
-    name: str
-    tail: tuple[int, ...]
-    dtype: str
-    fill_value: float | int
-    chunk_rows: int = 1
+    @functools.wraps(method)
+    def wrapper(self: RowStore, *args: Any, **kwargs: Any) -> T:
+        with output_errors(self.path, _RESUME):
+            return method(self, *args, **kwargs)
 
-
-@dataclass(frozen=True)
-class RowMetadata:
-    """The manifest columns every store carries, one entry per row."""
-
-    ids: np.ndarray
-    split: np.ndarray
-    patient_id: np.ndarray
-    labels: np.ndarray
-    findings: tuple[str, ...]
-
-    def __post_init__(self) -> None:
-        n = len(self.ids)
-        for name in ("split", "patient_id", "labels"):
-            if len(getattr(self, name)) != n:
-                raise DataFormatError(
-                    f"row metadata: {name} has {len(getattr(self, name))} rows, ids has {n}"
-                )
-        if self.labels.ndim != 2 or self.labels.shape[1] != len(self.findings):
-            raise DataFormatError(
-                f"row metadata: labels shape {self.labels.shape} does not match {len(self.findings)} findings"
-            )
-
-    @classmethod
-    def from_manifest(cls, df: Any, findings: Sequence[str] | None = None) -> RowMetadata:
-        """Take ids, split, patient ids and label columns from a manifest DataFrame."""
-        from cxrprobe.data.manifest import finding_columns, label_matrix
-
-        names = tuple(findings) if findings is not None else tuple(finding_columns(df))
-        return cls(
-            ids=_strings(df["image_id"]),
-            split=_strings(df["split"]),
-            patient_id=_strings(df["patient_id"]),
-            labels=label_matrix(df, list(names), keep_uncertain=True).astype(np.float32),
-            findings=names,
-        )
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def head(self, n: int) -> RowMetadata:
-        """The first ``n`` rows."""
-        return RowMetadata(
-            self.ids[:n], self.split[:n], self.patient_id[:n], self.labels[:n], self.findings
-        )
-
-    def first_difference(self, other: RowMetadata) -> str | None:
-        """Describe the first row/column where two metadata tables differ, or None if equal."""
-        if self.findings != other.findings:
-            return f"findings differ ({list(self.findings)} vs {list(other.findings)})"
-        if len(self) != len(other):
-            return f"row counts differ ({len(self)} vs {len(other)})"
-        for name in ("ids", "split", "patient_id"):
-            mine, theirs = getattr(self, name), getattr(other, name)
-            bad = np.flatnonzero(mine != theirs)
-            if bad.size:
-                row = int(bad[0])
-                return f"row {row}: {name} {mine[row]!r} vs {theirs[row]!r}"
-        same = (self.labels == other.labels) | (np.isnan(self.labels) & np.isnan(other.labels))
-        bad_rows = np.flatnonzero(~same.all(axis=1))
-        if bad_rows.size:
-            row = int(bad_rows[0])
-            return f"row {row} ({self.ids[row]}): labels differ"
-        return None
+    return wrapper
 
 
-def _strings(values: Iterable[Any]) -> np.ndarray:
-    """Strings as a numpy unicode array; missing values become ''."""
-    return np.array(
-        ["" if v is None or (isinstance(v, float) and np.isnan(v)) else str(v) for v in values],
-        dtype=str,
-    )
-
-
-class RowStore:
+class RowStore(StoreReader):
     """A Zarr v3 group of per-row arrays, written in whole shards with done records."""
-
-    def __init__(self, path: str | os.PathLike, group: Any) -> None:
-        self.path = Path(path)
-        self.group = group
-        self._attrs = dict(group.attrs[_ATTR])
 
     # ----------------------------------------------------------------- creation and opening
     @classmethod
@@ -147,47 +96,67 @@ class RowStore:
         identity: Mapping[str, Any],
         provenance: Mapping[str, Any] | None = None,
     ) -> RowStore:
-        """Create an empty store (replacing anything at ``path``)."""
+        """Create an empty store, replacing a store of the same ``kind`` at ``path``.
+
+        Anything else at ``path`` (a folder of other files, a store of another kind, a file) is
+        refused with ``OutputError``. The store is built beside ``path`` and renamed into place,
+        so a kill leaves either no store or a whole one.
+        """
         import zarr
 
         if shard_rows < 1:
             raise DataFormatError(f"shard_rows must be >= 1, got {shard_rows}")
         path = Path(path)
-        if path.exists():
-            shutil.rmtree(path)
-        group = zarr.open_group(str(path), mode="w")
-        group.attrs[_ATTR] = to_jsonable(
-            {
-                "kind": kind,
-                "format_version": FORMAT_VERSION,
-                "shard_rows": int(shard_rows),
-                "arrays": [spec.__dict__ for spec in arrays],
-                "identity": dict(identity),
-                "provenance": dict(provenance or {}),
-                "findings": list(metadata.findings),
-                "created": now_utc(),
-                "complete": False,
-            }
-        )
-        store = cls(path, group)
-        store._write_metadata(metadata)
-        for spec in arrays:
-            store._create_data_array(spec, len(metadata))
-        (path / _PROGRESS).mkdir(exist_ok=True)
-        return store
+        check_replaceable(path, kind)
+        with output_errors(path, _RESUME), build_beside(path) as building:
+            group = zarr.open_group(str(building), mode="w")
+            group.attrs[ATTR] = _attr_json(
+                {
+                    "kind": kind,
+                    "format_version": FORMAT_VERSION,
+                    "store_id": uuid.uuid4().hex[:16],
+                    "shard_rows": int(shard_rows),
+                    "arrays": [spec.__dict__ for spec in arrays],
+                    "identity": dict(identity),
+                    "provenance": dict(provenance or {}),
+                    "findings": list(metadata.findings),
+                    "created": now_utc(),
+                    "complete": False,
+                }
+            )
+            store = cls(building, group)
+            store._write_metadata(metadata)
+            for spec in arrays:
+                store._create_data_array(spec, len(metadata))
+            StoreFiles(path).remove()  # the replaced store's bookkeeping goes before it does
+        return cls._open(path, "r+", kind)
 
     @classmethod
     def open(cls, path: str | os.PathLike, mode: str = "r", kind: str | None = None) -> RowStore:
-        """Open an existing store; ``kind`` checks it holds what the caller expects."""
+        """Open an existing store; ``kind`` checks it holds what the caller expects.
+
+        A store whose creation or last append was interrupted is refused with
+        ``IncompleteStoreError`` saying so (the command that made it redoes that step).
+        """
+        store = cls._open(path, mode, kind)
+        problem = store.interrupted()
+        if problem:
+            raise IncompleteStoreError(
+                f"{store.path}: {problem}; run the command that made it again to redo that step"
+            )
+        return store
+
+    @classmethod
+    def _open(cls, path: str | os.PathLike, mode: str, kind: str | None) -> RowStore:
         import zarr
 
         path = Path(path)
         if not (path / "zarr.json").is_file():
             raise InputFileError(f"{path}: not a cxrprobe store (no zarr.json); check the path")
-        group = zarr.open_group(str(path), mode=mode)
-        if _ATTR not in group.attrs:
+        group = zarr.open_group(str(path), mode=mode, use_consolidated=False)
+        if ATTR not in group.attrs:
             raise DataFormatError(
-                f"{path}: a Zarr group but not a cxrprobe store (no '{_ATTR}' attributes)"
+                f"{path}: a Zarr group but not a cxrprobe store (no '{ATTR}' attributes)"
             )
         store = cls(path, group)
         if kind is not None and store.kind != kind:
@@ -210,10 +179,19 @@ class RowStore:
         """Resume a store made with the same identity, append new manifest rows, or create one.
 
         Refuses (``StoreMismatchError``) a store made with a different identity (model, weights,
-        size, ...) or whose rows differ from the manifest's first rows, unless ``overwrite``.
+        size, ...) or whose rows differ from the manifest's first rows, unless ``overwrite``
+        (which replaces only a store of the same ``kind``). A store whose creation was
+        interrupted is created again; an interrupted append is redone.
         """
         path = Path(path)
-        if overwrite or not path.exists():
+        fresh = overwrite or not path.exists() or (path.is_dir() and not any(path.iterdir()))
+        store = None if fresh else cls._open(path, "r+", kind)
+        if store is not None and store._attrs.get("appending"):
+            store._check_identity(identity)
+            store._bring_up_to_date()
+            store._redo_append(metadata)
+            return store
+        if store is None or store.interrupted():
             return cls.create(
                 path,
                 kind=kind,
@@ -223,9 +201,9 @@ class RowStore:
                 identity=identity,
                 provenance=provenance,
             )
-        store = cls.open(path, mode="r+", kind=kind)
         store._check_identity(identity)
         store._check_rows(metadata)
+        store._bring_up_to_date()
         if len(metadata) > store.n_rows:
             store._append(metadata)
         return store
@@ -257,39 +235,91 @@ class RowStore:
                 "the end is supported: use another output path or --overwrite"
             )
 
+    @_writes
     def _append(self, metadata: RowMetadata) -> None:
-        """Grow every array to the new row count; the old partial last shard is redone."""
+        """Grow every array to the new row count; the old partial last shard is redone.
+
+        First the store is marked incomplete, with the rows it keeps and their digest, in one
+        attribute write; a kill after that leaves a store the next run finishes appending to.
+        """
         old_n = self.n_rows
-        last = self.n_shards - 1
-        if old_n % self.shard_rows:
-            self._done_record_path(last).unlink(missing_ok=True)
+        self._set_attrs(
+            complete=False,
+            appending={
+                "from": old_n,
+                "to": len(metadata),
+                "rows_sha256": metadata.head(old_n).digest(),
+            },
+        )
+        self._grow(metadata)
+
+    @_writes
+    def _redo_append(self, metadata: RowMetadata) -> None:
+        """Finish an interrupted append, if ``metadata`` starts with the rows the store kept."""
+        kept = int(self._attrs["appending"]["from"])
+        if (
+            len(metadata) < kept
+            or metadata.head(kept).digest() != self._attrs["appending"]["rows_sha256"]
+        ):
+            raise StoreMismatchError(
+                f"{self.path}: an append to it was interrupted and this manifest does not start "
+                f"with its first {kept} rows; use the manifest of that run, another output path "
+                "or --overwrite"
+            )
+        self._grow(metadata)
+
+    def _grow(self, metadata: RowMetadata) -> None:
+        kept = int(self._attrs["appending"]["from"])
+        if kept % self.shard_rows:
+            self._done_record_path(kept // self.shard_rows).unlink(missing_ok=True)
         for spec in self.array_specs:
             self.group[spec.name].resize((len(metadata), *spec.tail))
         self._write_metadata(metadata)
-        self._set_attrs(complete=False)
+        self._attrs.pop("appending")
+        self._set_attrs()
 
     # ---------------------------------------------------------------------- metadata arrays
     def _write_metadata(self, metadata: RowMetadata) -> None:
-        n = max(len(metadata), 1)
-        chunk = min(n, 65536)
         for name in ("ids", "split", "patient_id"):
-            values = getattr(metadata, name)
-            arr = self.group.create_array(
-                name, shape=(len(values),), chunks=(chunk,), dtype=str, overwrite=True
-            )
-            if len(values):
-                arr[:] = values
+            self._write_strings(name, getattr(metadata, name))
+        self._write_strings("finding", np.array(metadata.findings, dtype=str))
         labels = self.group.create_array(
             "labels",
             shape=metadata.labels.shape,
-            chunks=(chunk, max(metadata.labels.shape[1], 1)),
+            chunks=(max(1, min(len(metadata), 65536)), max(metadata.labels.shape[1], 1)),
             dtype="float32",
             fill_value=np.nan,
+            dimension_names=DIMENSIONS["labels"],
+            attributes={"findings": list(metadata.findings), "coordinates": ROW_COORDS},
             overwrite=True,
         )
         if len(metadata):
             labels[:] = metadata.labels
-        labels.attrs["findings"] = list(metadata.findings)
+        for name, values in metadata.subgroups.items():  # optional: sex, age, view
+            column = self.group.create_array(
+                name,
+                shape=(len(values),),
+                chunks=(max(1, min(len(values), 65536)),),
+                dtype=str if values.dtype.kind == "U" else values.dtype,
+                fill_value=np.nan if values.dtype.kind == "f" else None,
+                dimension_names=("row",),
+                overwrite=True,
+            )
+            if len(values):
+                column[:] = values
+
+    def _write_strings(self, name: str, values: np.ndarray) -> None:
+        """A 1-D string array (``ids``, ``split``, ``patient_id``, ``finding``)."""
+        arr = self.group.create_array(
+            name,
+            shape=(len(values),),
+            chunks=(max(1, min(len(values), 65536)),),
+            dtype=str,
+            dimension_names=DIMENSIONS[name],
+            overwrite=True,
+        )
+        if len(values):
+            arr[:] = values
 
     def _create_data_array(self, spec: ArraySpec, n_rows: int) -> None:
         chunk_rows = max(1, min(spec.chunk_rows, self.shard_rows))
@@ -301,88 +331,12 @@ class RowStore:
             shards=(shard_rows, *spec.tail),
             dtype=spec.dtype,
             fill_value=spec.fill_value,
+            dimension_names=spec.dimension_names,
+            attributes={"coordinates": ROW_COORDS},
         )
-
-    def metadata(self) -> RowMetadata:
-        """The per-row manifest columns stored with the data."""
-        return RowMetadata(
-            ids=self.strings("ids"),
-            split=self.strings("split"),
-            patient_id=self.strings("patient_id"),
-            labels=np.asarray(self.group["labels"][:], dtype=np.float32),
-            findings=tuple(self._attrs["findings"]),
-        )
-
-    def strings(self, name: str) -> np.ndarray:
-        """A per-row string array (``ids``, ``split``, ``patient_id``) as a numpy unicode array."""
-        return np.array(self.group[name][:].tolist(), dtype=str)
-
-    # --------------------------------------------------------------------------- properties
-    @property
-    def kind(self) -> str:
-        return self._attrs["kind"]
-
-    @property
-    def attrs(self) -> dict[str, Any]:
-        """The store's cxrprobe attributes (identity, provenance, findings, ...)."""
-        return dict(self._attrs)
-
-    @property
-    def identity(self) -> dict[str, Any]:
-        return dict(self._attrs["identity"])
-
-    @property
-    def provenance(self) -> dict[str, Any]:
-        return dict(self._attrs["provenance"])
-
-    @property
-    def shard_rows(self) -> int:
-        return int(self._attrs["shard_rows"])
-
-    @property
-    def n_rows(self) -> int:
-        return int(self.group["ids"].shape[0])
-
-    @property
-    def n_shards(self) -> int:
-        return -(-self.n_rows // self.shard_rows)
-
-    @property
-    def array_specs(self) -> list[ArraySpec]:
-        return [
-            ArraySpec(s["name"], tuple(s["tail"]), s["dtype"], s["fill_value"], s["chunk_rows"])
-            for s in self._attrs["arrays"]
-        ]
-
-    @property
-    def is_complete(self) -> bool:
-        return bool(self._attrs.get("complete"))
-
-    def array(self, name: str) -> Any:
-        """The Zarr array ``name`` (data or metadata)."""
-        return self.group[name]
-
-    def shard_slice(self, shard: int) -> slice:
-        """The rows shard ``shard`` covers."""
-        start = shard * self.shard_rows
-        return slice(start, min(start + self.shard_rows, self.n_rows))
 
     # ------------------------------------------------------------------------------ writing
-    def _done_record_path(self, shard: int) -> Path:
-        return self.path / _PROGRESS / f"shard-{shard:06d}.json"
-
-    def done_shards(self) -> set[int]:
-        """Shards whose done record exists."""
-        folder = self.path / _PROGRESS
-        if not folder.is_dir():
-            return set()
-        return {int(p.stem.split("-")[1]) for p in folder.glob("shard-*.json")}
-
-    def pending_shards(self) -> list[int]:
-        """Shards still to write, in order."""
-        done = self.done_shards()
-        return [s for s in range(self.n_shards) if s not in done]
-
+    @_writes
     def write_shard(
         self, shard: int, data: Mapping[str, np.ndarray], failures: Mapping[int, str]
     ) -> None:
@@ -408,6 +362,10 @@ class RowStore:
             raise DataFormatError(
                 f"shard {shard}: failure rows {bad[:3]} lie outside rows {rows.start}-{rows.stop - 1}"
             )
+        self._write_done_record(shard, failures)
+
+    def _write_done_record(self, shard: int, failures: Mapping[int, str]) -> None:
+        rows = self.shard_slice(shard)
         atomic_write_json(
             self._done_record_path(shard),
             {
@@ -417,16 +375,10 @@ class RowStore:
             },
         )
 
-    def failures(self) -> dict[int, str]:
-        """Failed rows → reason, from the done records."""
-        found: dict[int, str] = {}
-        for shard in sorted(self.done_shards()):
-            record = json.loads(self._done_record_path(shard).read_text())
-            found.update({int(k): v for k, v in record["failures"].items()})
-        return found
-
+    @_writes
     def finalize(self, extra_attrs: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        """Check every shard is done, write the ``failed`` mask and mark the store complete."""
+        """Check every shard is done, write the ``failed`` mask, then mark the store complete
+        (the last write: a kill before it leaves the store incomplete)."""
         pending = self.pending_shards()
         if pending:
             raise IncompleteStoreError(
@@ -434,6 +386,8 @@ class RowStore:
                 f"(first: {pending[0]}); run the same command again to finish them"
             )
         failures = self.failures()
+        if self._attrs.get("complete"):  # finalized before: not complete while the mask changes
+            self._set_attrs(complete=False)
         failed = np.zeros(self.n_rows, dtype=bool)
         failed[list(failures)] = True
         arr = self.group.create_array(
@@ -441,37 +395,75 @@ class RowStore:
             shape=(self.n_rows,),
             chunks=(max(1, min(self.n_rows, 1 << 20)),),
             dtype=bool,
+            dimension_names=DIMENSIONS["failed"],
+            attributes={"coordinates": ROW_COORDS},
             overwrite=True,
         )
         if self.n_rows:
             arr[:] = failed
-        ids = self.strings("ids")
+        metadata = self.metadata()
+        write_rows_table(self.files.rows, metadata, failed)
         summary = {
             "rows": self.n_rows,
             "failures": [
-                {"row": r, "image_id": str(ids[r]), "reason": failures[r]} for r in sorted(failures)
+                {"row": r, "image_id": str(metadata.ids[r]), "reason": failures[r]}
+                for r in sorted(failures)
             ],
             "finalized": now_utc(),
         }
         self._set_attrs(complete=True, **summary, **(extra_attrs or {}))
+        self._consolidate()
         return summary
 
-    def failed_mask(self) -> np.ndarray:
-        """(n,) bool: rows that could not be computed (from ``failed``, or the done records)."""
-        if "failed" in self.group and self.group["failed"].shape[0] == self.n_rows:
-            return np.asarray(self.group["failed"][:], dtype=bool)
-        failed = np.zeros(self.n_rows, dtype=bool)
-        failed[list(self.failures())] = True
-        return failed
+    def _consolidate(self) -> None:
+        """Copy every array's metadata into the group's ``zarr.json``, so xarray's default read
+        needs no listing (zarr-python warns that v3 consolidation is its own extension; other
+        readers ignore it: ``must_understand`` is false)."""
+        import zarr
 
-    def require_complete(self) -> None:
-        """Raise ``IncompleteStoreError`` unless :meth:`finalize` succeeded."""
-        if not self.is_complete:
-            raise IncompleteStoreError(
-                f"{self.path} is incomplete ({len(self.pending_shards())} shards missing); "
-                "run the command that made it again to finish it"
-            )
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "Consolidated metadata", UserWarning)
+            zarr.consolidate_metadata(str(self.path))
+
+    # -------------------------------------------------------------------- format-1 stores
+    @_writes
+    def _bring_up_to_date(self) -> None:
+        """Make a store that a writer opened current: a format-1 store gets dimension names,
+        strict-JSON attributes and a ``store_id``; bookkeeping inside the hierarchy moves beside
+        it; a finalized store copied without its bookkeeping gets its done records back (from
+        its attributes), so appending to it redoes only new rows."""
+        if self.format_version < 2:
+            dims = {**DIMENSIONS, **{s.name: s.dimension_names for s in self.array_specs}}
+            upgrade_arrays(self.path, dims, ROW_COORDS)
+            if "finding" not in self.group:
+                self._write_strings("finding", np.array(self._attrs["findings"], dtype=str))
+            self._set_attrs(format_version=FORMAT_VERSION, store_id=uuid.uuid4().hex[:16])
+        move_inner_bookkeeping(self.path, self.files, self.files.progress(self._attrs["store_id"]))
+        if not self._progress_dir().is_dir() and self._finalized() and not self.interrupted():
+            failures = self.failures()
+            for shard in range(self.n_shards):
+                rows = self.shard_slice(shard)
+                mine = {r: v for r, v in failures.items() if rows.start <= r < rows.stop}
+                self._write_done_record(shard, mine)
 
     def _set_attrs(self, **values: Any) -> None:
-        self._attrs.update(to_jsonable(values))
-        self.group.attrs[_ATTR] = self._attrs
+        """Update the cxrprobe attributes (rewriting ``zarr.json``, which also drops its
+        consolidated metadata until :meth:`finalize` writes it again)."""
+        self._attrs = _attr_json({**self._attrs, **values})
+        self.group.attrs[ATTR] = self._attrs
+
+
+def _attr_json(values: Mapping[str, Any]) -> dict[str, Any]:
+    """Attribute values as strict JSON (non-finite numbers spelled as the Zarr spec does)."""
+    return strict_json(to_jsonable(dict(values)))
+
+
+def upgrade_store(path: str | os.PathLike) -> RowStore:
+    """Bring a store made by an older cxrprobe up to date (dimension names, strict JSON,
+    bookkeeping beside it, ``rows.parquet``) under its writer lock; nothing is recomputed."""
+    with WriterLock(path), output_errors(path):
+        store = RowStore.open(path, mode="r+")
+        store._bring_up_to_date()
+        if store.is_complete:
+            store.finalize()
+    return RowStore.open(path)

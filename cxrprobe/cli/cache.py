@@ -3,24 +3,25 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import click
 
-from cxrprobe.cli._common import (
+from cxrprobe.cli.options import (
+    RegistryChoice,
     check_image_source,
     device_option,
     image_source_options,
-    library_errors,
     model_options,
-    progress,
     raw_preprocess,
-    record,
+    workers_option,
 )
+from cxrprobe.cli.output import RESUMABLE, library_errors, progress, record
 from cxrprobe.devices import is_main_rank
 
 SHOWN_FAILURES = 5
-FAILURES_FILE = "failures.json"
 
 
 @click.command()
@@ -49,7 +50,7 @@ FAILURES_FILE = "failures.json"
 )
 @click.option(
     "--dtype",
-    type=click.Choice(["float16", "float32"]),
+    type=RegistryChoice("cxrprobe.cache.embeddings:DTYPES"),
     default="float16",
     show_default=True,
     help="Storage dtype of the features.",
@@ -61,16 +62,11 @@ FAILURES_FILE = "failures.json"
     show_default=True,
     help="Images per batch.",
 )
-@click.option(
-    "--workers",
-    type=click.IntRange(min=0),
-    default=None,
-    help="DataLoader worker processes (default: up to 8 per GPU, 2 on CPU).",
-)
+@workers_option(None, "DataLoader worker processes (default: up to 8 per GPU, 2 on CPU).")
 @device_option("torchrun: each rank's GPU")
 @click.option(
     "--compile",
-    "compile_",
+    "compile",
     is_flag=True,
     help="torch.compile the model (faster on GPU after warm-up).",
 )
@@ -83,33 +79,16 @@ FAILURES_FILE = "failures.json"
     default=None,
     help="Rows per store shard, the resume unit (default: up to 16384, about 64 MB; use a power of two).",
 )
-def extract(
-    init,
-    weights,
-    arch,
-    model_kwargs,
-    images,
-    manifest,
-    root,
-    preset,
-    out,
-    img_size,
-    layers,
-    dtype,
-    batch_size,
-    workers,
-    device,
-    compile_,
-    overwrite,
-    shard_rows,
-) -> None:
-    """Write frozen ViT embeddings of every image (CLS token and patch mean) to a Zarr store.
+def extract(**params: Any) -> None:
+    """Write frozen embeddings of every image (a ViT's CLS token and patch mean, a CNN's pooled
+    features) to a Zarr store.
 
     Reads the preprocessed image cache (--images) or raw files (--manifest/--root). Rerunning the
     same command after a kill resumes it; a store made with another model, weights, size or
     manifest is refused unless --overwrite; rows added at the end of the manifest are appended.
     Under torchrun each rank takes its own shards. Unreadable images are listed in
-    OUT/failures.json and masked (NaN), never embedded. OUT/run.json records settings and versions.
+    OUT.cxrprobe/failures.json and masked (NaN), never embedded. OUT is plain Zarr; OUT.cxrprobe/
+    also holds run.json (settings, versions), rows.parquet (ids, splits, labels) and progress.
 
     Example:
 
@@ -117,66 +96,17 @@ def extract(
         cxrprobe extract --init dinov2 --weights dinov2_vitb14_pretrain.pth --images images.zarr --out emb.zarr
         torchrun --nproc_per_node 8 --no-python cxrprobe extract --init imagenet --images images.zarr --out emb.zarr
     """
-    from cxrprobe.cache.extract import describe, extract_embeddings
+    from cxrprobe.cache.extract import describe
 
-    check_image_source(images, manifest, root=root, preset=preset)
-    with library_errors():
-        cfg = raw_preprocess(preset, img_size) if manifest is not None else None
-        summary = extract_embeddings(
-            out,
-            init=init,
-            weights=weights,
-            images=images,
-            manifest=manifest,
-            root=root,
-            preprocess=cfg,
-            img_size=img_size,
-            layers=layers,
-            dtype=dtype,
-            batch_size=batch_size,
-            num_workers=workers,
-            device=device,
-            compile=compile_,
-            overwrite=overwrite,
-            shard_rows=shard_rows,
-            arch=arch,
-            model_kwargs=model_kwargs,
-            progress=progress,
-        )
+    out = params["out"]
+    with library_errors(RESUMABLE):
+        summary = run_extract(params, progress)
     if not is_main_rank():
         return
-    from cxrprobe.provenance import atomic_write_json
+    from cxrprobe.cache.layout import StoreFiles
 
     failures = summary["failures"]
-    atomic_write_json(out / FAILURES_FILE, failures)
-    record(
-        out,
-        "extract",
-        {
-            "init": init,
-            "weights": None if weights is None else str(weights),
-            "images": None if images is None else str(images),
-            "manifest": None if manifest is None else str(manifest),
-            "root": None if root is None else str(root),
-            "preset": preset,
-            "out": str(out),
-            "size": img_size,
-            "layers": layers,
-            "dtype": dtype,
-            "batch_size": batch_size,
-            "workers": workers,
-            "device": device,
-            "compile": compile_,
-            "overwrite": overwrite,
-            "arch": arch,
-            "model_kwargs": model_kwargs,
-            "shard_rows": shard_rows,
-            "result": {
-                **{k: v for k, v in summary.items() if k != "failures"},
-                "failures": len(failures),
-            },
-        },
-    )
+    failures_file = StoreFiles(out).failures
     click.echo(describe(summary))
     for failure in failures[:SHOWN_FAILURES]:
         click.echo(
@@ -184,9 +114,41 @@ def extract(
         )
     if len(failures) > SHOWN_FAILURES:
         click.echo(
-            f"  ... and {len(failures) - SHOWN_FAILURES} more (all in {out / FAILURES_FILE})",
+            f"  ... and {len(failures) - SHOWN_FAILURES} more (all in {failures_file})",
             err=True,
         )
+
+
+def extract_kwargs(params: Mapping[str, Any]) -> dict[str, Any]:
+    """``extract_embeddings`` keyword arguments of parsed ``extract`` options (a study's step
+    calls it with them too): the library's parameters by name, with the CLI's spellings translated."""
+    import inspect
+
+    from cxrprobe.cache.extract import extract_embeddings
+
+    check_image_source(
+        params["images"], params["manifest"], root=params["root"], preset=params["preset"]
+    )
+    values = {
+        **params,
+        "num_workers": params["workers"],
+        "preprocess": (
+            raw_preprocess(params["preset"], params["img_size"])
+            if params["manifest"] is not None
+            else None
+        ),
+    }
+    accepted = inspect.signature(extract_embeddings).parameters
+    return {k: v for k, v in values.items() if k in accepted}
+
+
+def run_extract(params: Mapping[str, Any], progress: Any) -> dict[str, Any]:
+    """Extract the embeddings of parsed ``extract`` options; returns the library's summary. The
+    library records the options (``--size`` as ``size``) and failures beside the store."""
+    from cxrprobe.cache.extract import extract_embeddings
+
+    record = {("size" if k == "img_size" else k): v for k, v in params.items()}
+    return extract_embeddings(**extract_kwargs(params), progress=progress, record=record)
 
 
 @click.command()

@@ -4,14 +4,22 @@ from __future__ import annotations
 
 import json
 import textwrap
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import click
 
-from cxrprobe.cli._common import library_errors, progress, record, seed_option
+from cxrprobe.cli.options import RegistryChoice, RenamingCommand, seed_option
+from cxrprobe.cli.output import library_errors, progress
+from cxrprobe.errors import ConfigError
 
-_READER_OPTIONS = ("labels_csv", "column_map", "aggregation", "labeler")
+READER_OPTIONS = ("labels_csv", "column_map", "aggregation", "labeler")
+_RENAMED = {
+    "--output": ("--out",),
+    "--val-frac": ("--val-fraction",),
+    "--test-frac": ("--test-fraction",),
+}
 
 
 @click.command("datasets")
@@ -20,13 +28,15 @@ _READER_OPTIONS = ("labels_csv", "column_map", "aggregation", "labeler")
     "--markdown", is_flag=True, help="Print the finding × dataset table (docs/datasets.md)."
 )
 def datasets(as_json: bool, markdown: bool) -> None:
-    """List the dataset adapters and the canonical findings each one provides.
+    """List the dataset adapters, the canonical findings each one provides, and the named
+    finding sets (the study's label set per dataset) that --findings accepts.
 
     Example:
 
         cxrprobe datasets --json
     """
     from cxrprobe.data.adapters import ADAPTERS, datasets_markdown
+    from cxrprobe.data.finding_sets import finding_sets
     from cxrprobe.data.findings import FINDINGS
 
     if markdown:
@@ -44,8 +54,25 @@ def datasets(as_json: bool, markdown: bool) -> None:
             }
             for a in ADAPTERS.values()
         ]
-        vocabulary = [{"id": f.id, "name": f.name, "description": f.description} for f in FINDINGS]
-        click.echo(json.dumps({"datasets": entries, "findings": vocabulary}, indent=2))
+        vocabulary = [
+            {
+                "id": f.id,
+                "name": f.name,
+                "description": f.description,
+                "derived_from": f.derived_from,
+            }
+            for f in FINDINGS
+        ]
+        sets = [
+            {"name": s.name, "dataset": s.dataset, "findings": s.findings,
+             "source_labels": s.source_labels, "source": s.source, "notes": s.notes}
+            for s in finding_sets().values()
+        ]  # fmt: skip
+        click.echo(
+            json.dumps(
+                {"datasets": entries, "findings": vocabulary, "finding_sets": sets}, indent=2
+            )
+        )
         return
     for adapter in ADAPTERS.values():
         click.echo(f"{adapter.name:<12} {len(adapter.findings):>2} findings  {adapter.description}")
@@ -56,6 +83,17 @@ def datasets(as_json: bool, markdown: bool) -> None:
             subsequent_indent=" " * 16,
         )
         click.echo(wrapped)
+    click.echo("\nnamed finding sets (--findings NAME):")
+    for named in finding_sets().values():
+        click.echo(f"{named.name:<18} {len(named.findings):>2} findings  {named.dataset}")
+        click.echo(
+            textwrap.fill(
+                ", ".join(named.findings),
+                width=96,
+                initial_indent=" " * 16,
+                subsequent_indent=" " * 16,
+            )
+        )
 
 
 def _summary_table(summary: Any) -> str:
@@ -71,42 +109,56 @@ def _summary_table(summary: Any) -> str:
     return lines.to_string()
 
 
-@click.command("manifest")
+@click.command("manifest", cls=RenamingCommand, renamed=_RENAMED)
 @click.argument("dataset")
 @click.option("--root", required=True, type=click.Path(path_type=Path), help="Dataset root folder.")
 @click.option(
+    "--out",
     "-o",
-    "--output",
     required=True,
     type=click.Path(dir_okay=False, path_type=Path),
     help="Manifest to write (Parquet); <stem>.run.json goes beside it.",
 )
 @click.option(
     "--uncertain",
-    type=click.Choice(["ignore", "zero", "one"]),
+    type=RegistryChoice("cxrprobe.data.policies:UNCERTAIN_POLICIES"),
     default="ignore",
     show_default=True,
     help="-1 labels: keep them masked (ignore), or make them 0 or 1.",
 )
 @click.option(
+    "--blank",
+    type=RegistryChoice("cxrprobe.data.targets:BLANK_POLICIES"),
+    default="missing",
+    show_default=True,
+    help="Not-annotated (blank) finding cells: keep them masked (missing), or make them 0 "
+    "(negative; with --uncertain zero this is the study's 'every label not 1 is 0').",
+)
+@click.option(
     "--views",
-    type=click.Choice(["frontal", "pa", "ap", "all"]),
+    type=RegistryChoice("cxrprobe.data.policies:VIEW_POLICIES"),
     default="all",
     show_default=True,
     help="Which views to keep (frontal = PA and AP).",
 )
 @click.option(
     "--split",
-    type=click.Choice(["official", "random"]),
+    type=RegistryChoice("cxrprobe.data.policies:SPLIT_POLICIES"),
     default="official",
     show_default=True,
     help="The dataset's official split (val carved from train) or a seeded patient split.",
 )
 @click.option(
-    "--val-frac", type=float, default=0.1, show_default=True, help="Share of patients in val."
+    "--val-fraction",
+    "val_frac",
+    type=float,
+    default=0.1,
+    show_default=True,
+    help="Share of patients in val.",
 )
 @click.option(
-    "--test-frac",
+    "--test-fraction",
+    "test_frac",
     type=float,
     default=0.2,
     show_default=True,
@@ -115,6 +167,11 @@ def _summary_table(summary: Any) -> str:
 @seed_option("Seed of the patient split.")
 @click.option(
     "--check-files", is_flag=True, help="Fail if any listed image is missing under the root."
+)
+@click.option(
+    "--allow-leakage",
+    is_flag=True,
+    help="Accept a split that puts a patient in two splits (refused by default); recorded.",
 )
 @click.option(
     "--labels-csv",
@@ -130,49 +187,83 @@ def _summary_table(summary: Any) -> str:
 @click.option(
     "--labeler", type=click.Choice(["chexpert", "negbio"]), help="Label table (mimic only)."
 )
-def manifest(dataset: str, root: Path, output: Path, **options: Any) -> None:
+@click.option(
+    "--encoding",
+    default=None,
+    help="Text encoding of the dataset's CSV tables, e.g. latin-1 or cp1252 [default: utf-8].",
+)
+@click.option(
+    "--findings",
+    metavar="SPEC",
+    help="Keep only these finding columns: a named set (study-chexpert), finding ids, or both, "
+    "comma-separated; default all. `cxrprobe datasets` lists the sets.",
+)
+def manifest(dataset: str, root: Path, out: Path, **options: Any) -> None:
     """Build a manifest for DATASET from its tables under --root and print per-split prevalence.
 
-    Writes the Parquet atomically, and <stem>.run.json (resolved options, versions, manifest hash,
-    per-split counts) beside it. Images are not opened unless --check-files is given.
+    Writes the Parquet atomically (with its label policies, --uncertain and --blank, in the file's
+    metadata, so stores and predictions made from it record them), and <stem>.run.json (resolved
+    options, versions, manifest hash, label policies, per-split counts) beside it. Images are not
+    opened unless --check-files is given.
 
     Example:
 
-        cxrprobe manifest chestxray14 --root /data/nih --split random --views frontal -o nih.parquet
+    \b
+        cxrprobe manifest chestxray14 --root /data/nih --split random --views frontal --out nih.parquet
+        cxrprobe manifest chexpert --root /data/chexpert --views frontal --uncertain zero \\
+            --blank negative --findings study-chexpert --out chexpert.parquet
     """
-    from cxrprobe.data.adapters import get_adapter
-    from cxrprobe.data.manifest import manifest_hash, prevalence, write_manifest
+    from cxrprobe.data.manifest import prevalence, run_record_path
 
-    with library_errors():
-        adapter = get_adapter(dataset)
-        given = {k: v for k, v in options.items() if v is not None}
-        for name in _READER_OPTIONS:
-            if name in given and name not in adapter.options:
-                raise click.UsageError(
-                    f"--{name.replace('_', '-')} does not apply to {dataset} "
-                    f"(its own options: {', '.join('--' + o.replace('_', '-') for o in adapter.options)})"
-                )
-        with progress(2, f"manifest {dataset}", unit="step") as bar:
-            df = adapter.build(root, **given)
-            bar.update()
-            write_manifest(df, output)
-            bar.update()
-    summary = prevalence(df)
-    config = {
+    with library_errors(), progress(2, f"manifest {dataset}", unit="step") as bar:
+        df, _, _ = build_manifest(dataset, root, out, options, bar.update)
+    click.echo(_summary_table(prevalence(df)))
+    click.echo(
+        f"wrote {out} ({len(df)} images, {df['patient_id'].nunique()} patients) and "
+        f"{run_record_path(out).name}"
+    )
+
+
+def build_manifest(
+    dataset: str,
+    root: Path,
+    out: Path,
+    options: Mapping[str, Any],
+    done: Callable[[], Any] = lambda: None,
+) -> tuple[Any, Any, dict[str, Any]]:
+    """Build and write the manifest of parsed ``manifest`` options (a study's step runs this too);
+    ``done()`` is called after building and after writing. Returns the manifest, the adapter and
+    the options given (those not None), as the adapter took them. The run record goes beside the
+    manifest (:func:`cxrprobe.data.manifest.write_manifest`)."""
+    from cxrprobe.data.adapters import get_adapter
+    from cxrprobe.data.manifest import write_manifest
+
+    adapter = get_adapter(dataset)
+    from cxrprobe.data.tables import csv_encoding
+
+    given = {k: v for k, v in options.items() if v is not None}
+    encoding = given.pop("encoding", None)
+    for name in READER_OPTIONS:
+        if name in given and name not in adapter.options:
+            raise ConfigError(
+                f"--{name.replace('_', '-')} does not apply to {dataset} "
+                f"(its own options: {', '.join('--' + o.replace('_', '-') for o in adapter.options)})"
+            )
+    with csv_encoding(encoding):
+        df = adapter.build(root, **given)
+    if encoding is not None:
+        given["encoding"] = encoding  # recorded with the other options
+    done()
+    record = {
         "dataset": dataset,
-        "root": root.resolve(),
-        "output": output.resolve(),
+        "root": Path(root).resolve(),
+        "out": Path(out).resolve(),
         "options": given,
         "label_map": adapter.label_map.source,
-        "manifest_hash": manifest_hash(df),
-        "findings": [c for c in summary.columns[2:]],
-        "counts": summary.to_dict(orient="index"),
     }
-    written = record(output.with_name(output.stem + ".run.json"), f"manifest {dataset}", config)
-    click.echo(_summary_table(summary))
-    click.echo(
-        f"wrote {output} ({len(df)} images, {df['patient_id'].nunique()} patients) and {written.name}"
-    )
+    write_manifest(df, out, command=f"cxrprobe manifest {dataset}", record=record)
+    done()
+    return df, adapter, given
 
 
 COMMANDS = [datasets, manifest]

@@ -3,41 +3,89 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import click
 
-from cxrprobe.cli._common import (
+from cxrprobe.cli.options import (
+    CLASS_WEIGHT_CHOICE,
+    RegistryChoice,
+    RenamingCommand,
     check_image_source,
     device_option,
     image_source_options,
-    library_errors,
     model_options,
-    progress_in,
     raw_preprocess,
     seed_option,
+    workers_option,
 )
+from cxrprobe.cli.output import library_errors, progress_in
 from cxrprobe.devices import is_main_rank
 
 _DEFAULT_WORKERS = min(4, os.cpu_count() or 1)
+_RENAMED = {
+    "--num-workers": ("--workers",),
+    "--class-weights": ("--class-weight", "pos_weight"),
+    "--no-class-weights": ("--class-weight", "none"),
+}
 
 
-@click.command()
+class RecipeOption(click.Option):
+    """An option that ``--recipe`` sets when it is not given (its default is None, "not given");
+    its help ends with each recipe's value, read from the library's ``RECIPES`` when shown."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, default=None, **kwargs)
+
+    def get_help_record(self, ctx: click.Context) -> tuple[str, str] | None:
+        from cxrprobe.finetune.recipe import RECIPES
+
+        record = super().get_help_record(ctx)
+        if record is None:
+            return None
+        field = _LIBRARY_NAMES.get(str(self.name), str(self.name))
+        shown = ", ".join(
+            f"{name}: {_shown(settings[field])}" for name, settings in RECIPES.items()
+        )
+        return record[0], f"{record[1]} [{shown}]".strip()
+
+
+# CLI parameter names that differ from the library's, and how recipe values read on the CLI.
+_LIBRARY_NAMES = {"class_weight": "class_weights"}
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, bool):
+        return "pos_weight" if value else "none"
+    return "off" if value is None else str(value)
+
+
+@click.command(cls=RenamingCommand, renamed=_RENAMED)
 @model_options(init_default="dinov2")
 @image_source_options(raw_settings=True)
 @click.option(
-    "--size",
-    type=click.IntRange(min=8),
-    default=224,
+    "--recipe",
+    type=RegistryChoice("cxrprobe.finetune.recipe:RECIPES"),
+    default="modern",
     show_default=True,
-    help="Model input side in pixels (224; 512 for ViT-B/16; 518 for patch 14). Cached images are resized on the device.",
+    help="Settings of every option marked [modern: ..., study: ...] that is not given: 'modern' "
+    "(cxrprobe's) or 'study' (the study's training code; it also feeds [0, 1] pixels without "
+    "mean/std normalisation and, with --manifest, uses the 'study' preset). Options given "
+    "always win; run.json records which settings the recipe filled.",
 )
-@click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option(
+    "--size",
+    cls=RecipeOption,
+    type=click.IntRange(min=8),
+    help="Model input side in pixels (512 for ViT-B/16; 518 for patch 14). Cached images are resized on the device.",
+)
+@click.option("--epochs", cls=RecipeOption, type=click.IntRange(min=1))
 @click.option(
     "--batch-size",
+    cls=RecipeOption,
     type=click.IntRange(min=1),
-    default=32,
-    show_default=True,
     help="Global batch: images per optimiser step over all processes and accumulation steps.",
 )
 @click.option(
@@ -53,80 +101,64 @@ _DEFAULT_WORKERS = min(4, os.cpu_count() or 1)
     default=None,
     help="Batch size for validation and test scoring (default: the training micro-batch).",
 )
-@click.option(
-    "--lr", type=float, default=1e-5, show_default=True, help="AdamW learning rate (peak)."
-)
-@click.option("--weight-decay", type=float, default=0.01, show_default=True)
+@click.option("--lr", cls=RecipeOption, type=float, help="AdamW learning rate (peak).")
+@click.option("--weight-decay", cls=RecipeOption, type=float)
 @click.option(
     "--schedule",
-    type=click.Choice(["constant", "cosine"]),
-    default="constant",
-    show_default=True,
+    cls=RecipeOption,
+    type=RegistryChoice("cxrprobe.finetune.schedule:SCHEDULES"),
     help="lr schedule after warm-up.",
 )
-@click.option(
-    "--warmup-epochs", type=float, default=0.0, show_default=True, help="Linear lr warm-up length."
-)
-@click.option(
-    "--min-lr-ratio",
-    type=float,
-    default=0.0,
-    show_default=True,
-    help="Final lr / peak lr for cosine.",
-)
+@click.option("--warmup-epochs", cls=RecipeOption, type=float, help="Linear lr warm-up length.")
+@click.option("--min-lr-ratio", cls=RecipeOption, type=float, help="Final lr / peak lr for cosine.")
 @click.option(
     "--layer-decay",
+    cls=RecipeOption,
     type=float,
-    default=1.0,
-    show_default=True,
     help="Layer-wise lr decay factor (e.g. 0.75); 1 = off.",
 )
-@click.option("--clip-grad", type=float, default=None, help="Clip the gradient norm to this value.")
 @click.option(
-    "--drop-path", type=float, default=0.0, show_default=True, help="Stochastic depth rate."
+    "--clip-grad", cls=RecipeOption, type=float, help="Clip the gradient norm to this value."
 )
+@click.option("--drop-path", cls=RecipeOption, type=float, help="Stochastic depth rate.")
 @click.option(
-    "--class-weights/--no-class-weights",
-    default=True,
-    show_default=True,
-    help="Weight positives by negatives/positives per finding (training split).",
+    "--class-weight",
+    cls=RecipeOption,
+    type=CLASS_WEIGHT_CHOICE,
+    help="pos_weight weighs positives by negatives/positives per finding (training split).",
 )
+@click.option("--hflip", cls=RecipeOption, type=float, help="Probability of a horizontal flip.")
+@click.option("--rotate", cls=RecipeOption, type=float, help="Maximum random rotation in degrees.")
 @click.option(
-    "--hflip", type=float, default=0.5, show_default=True, help="Probability of a horizontal flip."
-)
-@click.option(
-    "--rotate",
-    type=float,
-    default=7.0,
-    show_default=True,
-    help="Maximum random rotation in degrees.",
+    "--rotate-mode",
+    cls=RecipeOption,
+    type=RegistryChoice("cxrprobe.finetune.augment:ROTATE_MODES"),
+    help="Resampling of the rotation (nearest: torchvision RandomRotation's default).",
 )
 @click.option(
     "--precision",
-    type=click.Choice(["auto", "bf16", "fp16", "fp32"]),
-    default="auto",
-    show_default=True,
+    cls=RecipeOption,
+    type=RegistryChoice("cxrprobe.finetune.recipe:PRECISIONS"),
     help="auto: bf16 autocast on CUDA, float32 on CPU.",
 )
 @click.option(
     "--grad-checkpointing", is_flag=True, help="Recompute activations in backward (less memory)."
 )
-@click.option("--compile", "compile_", is_flag=True, help="torch.compile the model.")
+@click.option("--compile", "compile", is_flag=True, help="torch.compile the model.")
 @click.option(
     "--patience",
+    cls=RecipeOption,
     type=click.IntRange(min=0),
-    default=5,
-    show_default=True,
-    help="Stop after this many epochs without a better validation mean AUROC (0: never).",
+    help="Stop after this many epochs without a better validation score (0, off: never).",
+)
+@click.option(
+    "--select-by",
+    cls=RecipeOption,
+    type=RegistryChoice("cxrprobe.finetune.recipe:SELECT_BY"),
+    help="Validation score choosing the best epoch: mean AUROC, or the training loss (lowest).",
 )
 @seed_option("Seed of the data order, augmentation, head initialisation and dropout.")
-@click.option(
-    "--num-workers",
-    type=click.IntRange(min=0),
-    default=_DEFAULT_WORKERS,
-    show_default=True,
-    help="Data loader worker processes per training process.",
-)
+@workers_option(_DEFAULT_WORKERS, "Data loader worker processes per training process.")
 @device_option("torchrun: the local rank's GPU")
 @click.option(
     "--stop-after",
@@ -148,6 +180,35 @@ _DEFAULT_WORKERS = min(4, os.cpu_count() or 1)
     help="Split scored at the end into predictions.json.",
 )
 @click.option(
+    "--uncertain",
+    type=RegistryChoice("cxrprobe.data.targets:UNCERTAIN_POLICIES"),
+    default="ignore",
+    show_default=True,
+    help="Training use of uncertain (-1) labels: masked out of the loss, or mapped to 0 or 1.",
+)
+@click.option(
+    "--blank",
+    type=RegistryChoice("cxrprobe.data.targets:BLANK_POLICIES"),
+    default="missing",
+    show_default=True,
+    help="Training use of not-annotated (blank) labels: masked out of the loss, or negatives. "
+    "Validation AUROC and the predictions are judged on the labels as the manifest made them "
+    "(build it with --blank negative to score blanks as negatives, as the study does).",
+)
+@click.option(
+    "--findings",
+    metavar="SPEC",
+    default=None,
+    help="Train and score only these of the images' findings: a named set (study-chexpert), "
+    "finding ids, or both, comma-separated; default all. `cxrprobe datasets` lists the sets.",
+)
+@click.option(
+    "--allow-leakage",
+    is_flag=True,
+    help="Accept a patient with images in two of the train/val/test splits (refused by default); "
+    "recorded in run.json and the predictions' provenance.",
+)
+@click.option(
     "--out",
     required=True,
     type=click.Path(path_type=Path),
@@ -155,55 +216,18 @@ _DEFAULT_WORKERS = min(4, os.cpu_count() or 1)
 )
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
 @click.option("--overwrite", is_flag=True, help="Delete the previous run in --out and start again.")
-def finetune(
-    init,
-    weights,
-    arch,
-    model_kwargs,
-    images,
-    manifest,
-    root,
-    preset,
-    aspect,
-    equalize,
-    size,
-    epochs,
-    batch_size,
-    accum_steps,
-    eval_batch_size,
-    lr,
-    weight_decay,
-    schedule,
-    warmup_epochs,
-    min_lr_ratio,
-    layer_decay,
-    clip_grad,
-    drop_path,
-    class_weights,
-    hflip,
-    rotate,
-    precision,
-    grad_checkpointing,
-    compile_,
-    patience,
-    seed,
-    num_workers,
-    device,
-    stop_after,
-    train_split,
-    val_split,
-    test_split,
-    out,
-    resume,
-    overwrite,
-) -> None:
+def finetune(**params: Any) -> None:
     """Fine-tune an initialisation end to end: backbone + linear head on the manifest's findings.
 
-    Trains with the study's recipe by default (AdamW, lr 1e-5, pos_weight-weighted BCE with
-    uncertain and missing labels masked, random flip and ±7° rotation, 224 px). Every epoch is
-    validated by mean AUROC on the validation split; the best epoch is kept and training stops
-    early after --patience epochs without improvement. The test split is scored only at the end,
-    with the best weights, into OUT/predictions.json. OUT also holds run.json (resolved config
+    --recipe fills every option not given: 'modern' (default; cxrprobe's: AdamW lr 1e-5, weight
+    decay 0.01, batch 32, 10 epochs, early stopping on the validation mean AUROC, bf16 on CUDA,
+    model mean/std) or 'study' (the study's code: weight decay 0, batch 30, 100 epochs, fp32,
+    [0, 1] input, the epoch of lowest validation loss). Both use pos_weight-weighted BCE with
+    uncertain and missing labels masked (unless --uncertain / --blank map them), random flip and
+    ±7° rotation, 224 px. Every epoch is
+    validated on the validation split (never the test split, where the study's code chose its
+    checkpoints); the best epoch is kept. The test split is scored only at the end, with the best
+    weights, into OUT/predictions.json. OUT also holds run.json (resolved config
     and versions), log.csv (loss and AUROC per epoch), summary.json and checkpoints/ (last.pt
     continues exactly with --resume). For several GPUs launch it with torchrun; --batch-size
     stays the global batch.
@@ -211,64 +235,65 @@ def finetune(
     Example:
 
     \b
-        cxrprobe finetune --init dinov2 --weights dinov2_vitb14_pretrain.pth --images images_224.zarr --epochs 10 --out runs/dinov2_ft
+        cxrprobe finetune --init dinov2 --weights dinov2_vitb14_pretrain.pth --images images_224.zarr --out runs/dinov2_ft
+        cxrprobe finetune --recipe study --init imagenet --images images_study_224.zarr --out runs/imagenet_study
         torchrun --nproc_per_node 4 $(which cxrprobe) finetune --init imagenet --images images_224.zarr --schedule cosine --warmup-epochs 1 --layer-decay 0.75 --out runs/imagenet_ft
     """
-    from cxrprobe.probe.finetune import FinetuneConfig, from_cache, from_manifest
-    from cxrprobe.probe.finetune import finetune as run_finetune
-    from cxrprobe.probe.finetune_outputs import format_summary
+    from cxrprobe.finetune import format_summary
 
-    check_image_source(images, manifest, root=root, preset=preset, aspect=aspect, equalize=equalize)
-    config = FinetuneConfig(
-        init=init,
-        weights=None if weights is None else str(weights),
-        arch=arch,
-        model_kwargs=model_kwargs,
-        size=size,
-        epochs=epochs,
-        batch_size=batch_size,
-        accum_steps=accum_steps,
-        eval_batch_size=eval_batch_size,
-        lr=lr,
-        weight_decay=weight_decay,
-        schedule=schedule,
-        warmup_epochs=warmup_epochs,
-        min_lr_ratio=min_lr_ratio,
-        layer_decay=layer_decay,
-        clip_grad=clip_grad,
-        drop_path=drop_path,
-        class_weights=class_weights,
-        hflip=hflip,
-        rotate=rotate,
-        precision=precision,
-        grad_checkpointing=grad_checkpointing,
-        compile=compile_,
-        patience=patience or None,
-        seed=seed,
-        num_workers=num_workers,
-        device=device,
-        stop_after=stop_after,
-        train_split=train_split,
-        val_split=val_split,
-        test_split=test_split,
-    )
+    out = params["out"]
     with library_errors():
-        if images is not None:
-            source = from_cache(images)
-        else:
-            source = from_manifest(manifest, root, raw_preprocess(preset, size, aspect, equalize))
-        result = run_finetune(
-            config,
-            source,
-            out,
-            resume=resume,
-            overwrite=overwrite,
-            progress=progress_in("step"),
-        )
+        result = run_finetune(params, progress_in("step"))
     if is_main_rank():
         click.echo(format_summary(result.summary))
         if result.finished:
             click.echo(f"wrote {out / 'predictions.json'} (test split) and {out / 'summary.json'}")
+
+
+def finetune_config(params: Mapping[str, Any]) -> Any:
+    """The ``FinetuneConfig`` of parsed ``finetune`` options (a study's step builds it the same
+    way): the options given (None: not given), by the library's names, over ``--recipe``'s."""
+    from dataclasses import fields
+
+    from cxrprobe.finetune import FinetuneConfig
+
+    weights, class_weight = params["weights"], params["class_weight"]
+    values = {
+        **params,
+        "weights": None if weights is None else str(weights),
+        "class_weights": None if class_weight is None else class_weight == "pos_weight",
+        "num_workers": params["workers"],
+    }
+    names = {f.name for f in fields(FinetuneConfig)} - {"recipe", "recipe_filled"}
+    given = {name: values[name] for name in names if values.get(name) is not None}
+    if params["patience"] == 0:
+        given["patience"] = None  # 0: never stop early
+    return FinetuneConfig.from_recipe(params.get("recipe") or "modern", **given)
+
+
+def run_finetune(params: Mapping[str, Any], progress: Any) -> Any:
+    """Fine-tune with parsed ``finetune`` options on their image source; returns the result."""
+    from cxrprobe.cache.source import from_cache, from_manifest
+    from cxrprobe.finetune import finetune
+    from cxrprobe.finetune.recipe import RECIPE_PRESETS
+
+    raw = {k: params[k] for k in ("root", "preset", "aspect", "equalize")}
+    check_image_source(params["images"], params["manifest"], **raw)
+    config = finetune_config(params)
+    if params["images"] is not None:
+        source = from_cache(params["images"])
+    else:
+        preset = params["preset"] or RECIPE_PRESETS[config.recipe]  # None: the default preset
+        settings = raw_preprocess(preset, config.size, raw["aspect"], raw["equalize"])
+        source = from_manifest(params["manifest"], params["root"], settings)
+    return finetune(
+        config,
+        source,
+        params["out"],
+        resume=params["resume"],
+        overwrite=params["overwrite"],
+        progress=progress,
+    )
 
 
 COMMANDS = [finetune]

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import click
 
-from cxrprobe.cli._common import library_errors, progress, record
+from cxrprobe.cli.options import ASPECT_CHOICE, PRESET_CHOICE, RegistryChoice, workers_option
+from cxrprobe.cli.output import RESUMABLE, library_errors, progress
 
 SHOWN_FAILURES = 5
-FAILURES_FILE = "failures.json"
+_SETTINGS = ("size", "aspect", "equalize", "minmax", "resample")  # PreprocessConfig overrides
 
 
 @click.command()
@@ -35,10 +38,10 @@ FAILURES_FILE = "failures.json"
 )
 @click.option(
     "--preset",
-    type=click.Choice(["default", "paper"]),
+    type=PRESET_CHOICE,
     default="default",
     show_default=True,
-    help="Starting settings; 'paper' is the study's offline step (min-max, equalise, stretch).",
+    help="Starting settings: default (modern), study (the study's code), paper (older approximation).",
 )
 @click.option(
     "--size",
@@ -48,7 +51,7 @@ FAILURES_FILE = "failures.json"
 )
 @click.option(
     "--aspect",
-    type=click.Choice(["stretch", "pad", "crop"]),
+    type=ASPECT_CHOICE,
     default=None,
     help="Aspect policy: stretch to square, pad the short side, or centre-crop (default: preset's).",
 )
@@ -58,12 +61,17 @@ FAILURES_FILE = "failures.json"
     help="Histogram-equalise before resizing (default: the preset's).",
 )
 @click.option(
-    "--workers",
-    type=click.IntRange(min=1),
-    default=os.cpu_count() or 1,
-    show_default=True,
-    help="Worker processes, each writing whole shards.",
+    "--minmax/--no-minmax",
+    default=None,
+    help="Scale each image by its own minimum and maximum before quantising (default: the preset's).",
 )
+@click.option(
+    "--resample",
+    type=RegistryChoice("cxrprobe.data.preprocess:RESAMPLES"),
+    default=None,
+    help="Resize filter: Pillow's (antialiased) or spline2, scipy's zoom (default: the preset's).",
+)
+@workers_option(os.cpu_count() or 1, "Worker processes, each writing whole shards.", minimum=1)
 @click.option(
     "--shard-rows",
     type=click.IntRange(min=1),
@@ -71,59 +79,27 @@ FAILURES_FILE = "failures.json"
     help="Images per shard (default: about 32 MB of pixels per shard).",
 )
 @click.option("--overwrite", is_flag=True, help="Rebuild OUT from scratch instead of resuming it.")
-def preprocess(
-    manifest, root, out, preset, size, aspect, equalize, workers, shard_rows, overwrite
-) -> None:
+def preprocess(**params: Any) -> None:
     """Decode, preprocess and store every manifest image once, as uint8 SIZE x SIZE.
 
     Writes a sharded Zarr v3 store with the image ids, split, patient ids and labels; worker
     processes each own whole shards. Rerunning the same command after a kill resumes it (finished
-    shards are kept). Unreadable images are listed, written to OUT/failures.json and masked in
-    the store, never stored as images. OUT/run.json records the settings and versions.
+    shards are kept). Unreadable images are listed, written to OUT.cxrprobe/failures.json and
+    masked in the store, never stored as images. OUT is plain Zarr; OUT.cxrprobe/ also holds
+    run.json (settings, versions), rows.parquet (ids, splits, labels) and progress records.
 
     Example:
 
     \b
         cxrprobe preprocess --manifest manifest.parquet --root /data/cxr14 --size 512 --out images_512.zarr --preset paper
     """
-    from dataclasses import replace
+    from cxrprobe.cache.layout import StoreFiles
 
-    from cxrprobe.cache.images import build_image_cache
-    from cxrprobe.data.preprocess import PRESETS
-    from cxrprobe.provenance import atomic_write_json
-
-    with library_errors():
-        cfg = PRESETS[preset]
-        overrides = {"size": size, "aspect": aspect, "equalize": equalize}
-        cfg = replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
-        summary = build_image_cache(
-            manifest,
-            root,
-            out,
-            cfg,
-            workers=workers,
-            shard_rows=shard_rows,
-            overwrite=overwrite,
-            progress=progress,
-        )
+    out = params["out"]
+    with library_errors(RESUMABLE):
+        summary = build_cache(params, progress)
     failures = summary["failures"]
-    atomic_write_json(out / FAILURES_FILE, failures)
-    result = {k: v for k, v in summary.items() if k != "failures"}
-    record(
-        out,
-        "preprocess",
-        {
-            "manifest": str(manifest),
-            "root": None if root is None else str(root),
-            "out": str(out),
-            "preset": preset,
-            "preprocess": cfg.to_dict(),
-            "workers": workers,
-            "shard_rows": summary["shard_rows"],
-            "overwrite": overwrite,
-            "result": {**result, "failures": len(failures)},
-        },
-    )
+    failures_file = StoreFiles(out).failures
     resumed = (
         f", {summary['shards_resumed']} of {summary['shards']} shards kept from an earlier run"
         if summary["shards_resumed"]
@@ -140,7 +116,35 @@ def preprocess(
     if len(failures) > SHOWN_FAILURES:
         click.echo(f"  ... and {len(failures) - SHOWN_FAILURES} more", err=True)
     if failures:
-        click.echo(f"failures listed in {out / FAILURES_FILE}", err=True)
+        click.echo(f"failures listed in {failures_file}", err=True)
+
+
+def preprocess_config(params: Mapping[str, Any]) -> Any:
+    """The ``PreprocessConfig`` of parsed ``preprocess`` options: the preset, with what was given."""
+    from dataclasses import replace
+
+    from cxrprobe.data.preprocess import PRESETS
+
+    given = {k: params[k] for k in _SETTINGS if params[k] is not None}
+    return replace(PRESETS[params["preset"]], **given)
+
+
+def build_cache(params: Mapping[str, Any], progress: Any) -> dict[str, Any]:
+    """Build the image cache of parsed ``preprocess`` options (a study's step runs this too);
+    the library writes its run record and failures beside the store."""
+    from cxrprobe.cache.images import build_image_cache
+
+    return build_image_cache(
+        params["manifest"],
+        params["root"],
+        params["out"],
+        preprocess_config(params),
+        workers=params["workers"],
+        shard_rows=params["shard_rows"],
+        overwrite=params["overwrite"],
+        progress=progress,
+        record={"preset": params["preset"]},
+    )
 
 
 COMMANDS = [preprocess]

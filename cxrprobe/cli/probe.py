@@ -2,26 +2,43 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import click
 
-from cxrprobe.cli._common import device_option, library_errors, progress_in, record, seed_option
+from cxrprobe.cli.options import (
+    CLASS_WEIGHT_CHOICE,
+    CommaList,
+    RegistryChoice,
+    device_option,
+    seed_option,
+)
+from cxrprobe.cli.output import library_errors, progress_in
+from cxrprobe.errors import ConfigError
 
 _DEFAULT_GRID = "1e-6:1e5:45"
+_NAMES = CommaList()
 
 
-def _names(value: str) -> tuple[str, ...]:
-    return tuple(v.strip() for v in value.split(",") if v.strip())
+class GridType(CommaList):
+    """C values: ``START:STOP:COUNT`` log-spaced, or comma-separated (a TOML list too)."""
 
+    name = "grid"
 
-def _ints(value: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(v) for v in _names(value))
-    except ValueError as exc:
-        raise click.BadParameter(
-            f"{value!r}: give comma-separated integers, e.g. 10,20,100,200", param_hint="--k"
-        ) from exc
+    def __init__(self) -> None:
+        super().__init__(click.FLOAT)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, str) and ":" in value:
+            from cxrprobe.probe.run import parse_grid
+
+            try:
+                return parse_grid(value)
+            except ConfigError as exc:
+                self.fail(str(exc), param, ctx)
+        return super().convert(value, param, ctx)
 
 
 @click.command()
@@ -35,11 +52,12 @@ def _ints(value: str) -> tuple[int, ...]:
     "--out",
     required=True,
     type=click.Path(path_type=Path, dir_okay=False),
-    help="Test-split predictions file, .json or .npz; weights, summary and run record go beside it.",
+    help="Test-split predictions file, .json, .npz, .parquet or .csv; weights, summary and run "
+    "record go beside it.",
 )
 @click.option(
     "--method",
-    type=click.Choice(["linear", "knn"]),
+    type=RegistryChoice("cxrprobe.probe.run:METHODS"),
     default="linear",
     show_default=True,
     help="Logistic-regression probe, or the training-free kNN probe.",
@@ -51,7 +69,7 @@ def _ints(value: str) -> tuple[int, ...]:
 )
 @click.option(
     "--backend",
-    type=click.Choice(["torch", "sklearn", "cuml"]),
+    type=RegistryChoice("cxrprobe.probe.backends:BACKENDS"),
     default="torch",
     show_default=True,
     help="Linear solver: batched L-BFGS in torch, scikit-learn, or RAPIDS cuML (the gpu extra).",
@@ -59,6 +77,7 @@ def _ints(value: str) -> tuple[int, ...]:
 @device_option("torch backend, kNN")
 @click.option(
     "--grid",
+    type=GridType(),
     default=_DEFAULT_GRID,
     show_default=True,
     help="C values (scikit-learn's inverse L2 strength): START:STOP:COUNT log-spaced, or a comma list.",
@@ -66,7 +85,7 @@ def _ints(value: str) -> tuple[int, ...]:
 @click.option(
     "--select",
     "selection",
-    type=click.Choice(["mean", "per-finding"]),
+    type=RegistryChoice("cxrprobe.probe.linear:SELECTIONS"),
     default="mean",
     show_default=True,
     help="Choose one C by validation mean AUROC, or each finding's own best C.",
@@ -78,28 +97,51 @@ def _ints(value: str) -> tuple[int, ...]:
 )
 @click.option(
     "--class-weight",
-    type=click.Choice(["none", "pos_weight"]),
+    type=CLASS_WEIGHT_CHOICE,
     default="none",
     show_default=True,
     help="pos_weight weighs positives by negatives/positives per finding (the study's setting).",
 )
 @click.option(
     "--uncertain",
-    type=click.Choice(["ignore", "zero", "one"]),
+    type=RegistryChoice("cxrprobe.data.targets:UNCERTAIN_POLICIES"),
     default="ignore",
     show_default=True,
     help="Training use of uncertain (-1) labels: masked out of the loss, or mapped to 0 or 1.",
 )
 @click.option(
+    "--blank",
+    type=RegistryChoice("cxrprobe.data.targets:BLANK_POLICIES"),
+    default="missing",
+    show_default=True,
+    help="Training use of not-annotated (blank) labels: masked out of the loss, or negatives. "
+    "Validation and test are scored on the store's labels as they are (build the manifest with "
+    "--blank negative to score blanks as negatives, as the study does).",
+)
+@click.option(
+    "--findings",
+    metavar="SPEC",
+    default=None,
+    help="Fit and score only these of the store's findings: a named set (study-chexpert), "
+    "finding ids, or both, comma-separated; default all. `cxrprobe datasets` lists the sets.",
+)
+@click.option(
     "--train-split",
+    type=_NAMES,
     default="train",
     show_default=True,
     help="Split name(s) to train on, comma-separated.",
 )
 @click.option(
-    "--val-split", default="val", show_default=True, help="Split name(s) to choose C or k on."
+    "--val-split",
+    type=_NAMES,
+    default="val",
+    show_default=True,
+    help="Split name(s) to choose C or k on.",
 )
-@click.option("--test-split", default="test", show_default=True, help="Split name(s) to predict.")
+@click.option(
+    "--test-split", type=_NAMES, default="test", show_default=True, help="Split name(s) to predict."
+)
 @click.option(
     "--split-csv",
     type=click.Path(path_type=Path, dir_okay=False),
@@ -112,9 +154,31 @@ def _ints(value: str) -> tuple[int, ...]:
     default=None,
     help="Hold out this fraction of training patients as validation (for data without a val split).",
 )
-@seed_option("Seed of --val-fraction.")
 @click.option(
-    "--k", "ks", default="10,20,100,200", show_default=True, help="kNN neighbour counts to try."
+    "--train-fraction",
+    "train_fractions",
+    type=CommaList(click.FloatRange(0, 1, min_open=True)),
+    default=None,
+    help="Label-efficiency curve: refit on these fractions of the training patients "
+    "(e.g. 0.01,0.1,1; nested, seeded patient-level subsets; validation and test fixed). Writes "
+    "one predictions file per (fraction, repeat) in the folder OUT without its suffix, and "
+    "curve.json there.",
+)
+@click.option(
+    "--repeats",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Subsets drawn per --train-fraction value.",
+)
+@seed_option("Seed of --val-fraction and of the --train-fraction subsets.")
+@click.option(
+    "--k",
+    "ks",
+    type=CommaList(click.INT),
+    default="10,20,100,200",
+    show_default=True,
+    help="kNN neighbour counts to try.",
 )
 @click.option(
     "--temperature",
@@ -138,96 +202,69 @@ def _ints(value: str) -> tuple[int, ...]:
     help="Solver tolerance: largest gradient entry of the mean-scaled objective (as scikit-learn).",
 )
 @click.option(
+    "--max-memory",
+    default="auto",
+    show_default=True,
+    help="Working-memory budget of the linear solver and kNN search, on top of the features "
+    "(kept as stored): e.g. 8GB, 512MiB; auto = a quarter of the device's memory, at most 1 GiB.",
+)
+@click.option(
     "--eval-only",
     type=click.Path(path_type=Path, dir_okay=False),
     default=None,
     help="Re-score the test split with saved weights (a .weights.safetensors file) instead of fitting.",
 )
-def probe(
-    store,
-    out,
-    method,
-    features,
-    backend,
-    device,
-    grid,
-    selection,
-    refit_trainval,
-    class_weight,
-    uncertain,
-    train_split,
-    val_split,
-    test_split,
-    split_csv,
-    val_fraction,
-    seed,
-    ks,
-    temperature,
-    max_iter,
-    tol,
-    eval_only,
-) -> None:
+@click.option(
+    "--allow-leakage",
+    is_flag=True,
+    help="Accept a patient with images in two of the train/val/test splits (refused by default); "
+    "recorded in the predictions' provenance.",
+)
+def probe(**params: Any) -> None:
     """Fit a linear (or kNN) probe on cached embeddings and predict the test split.
 
     Linear: one logistic regression per finding on features standardised with the training rows;
-    uncertain (-1) and missing labels are masked out of the loss. Every C of the grid is fitted in
-    one pass, C is chosen on the validation split by mean AUROC, and the test split is scored.
+    uncertain (-1) and missing labels are masked out of the loss (or mapped by --uncertain and
+    --blank). Every C of the grid is fitted in one pass, C is chosen on the validation split by
+    mean AUROC, and the test split is scored.
     kNN: cosine similarity, votes weighted exp(sim/T), k chosen on validation.
 
     Writes OUT (predictions with provenance), OUT's .weights.safetensors (linear), .summary.json
     (the grid with validation AUROC per value, chosen value, per-finding AUROC) and .run.json.
+
+    --train-fraction F1,F2,... --repeats R draws a label-efficiency curve instead: one fit per
+    (fraction, repeat) on nested, seeded patient-level subsets of the training split, written to
+    the folder OUT without its suffix (f0.1_r0.json, ... and curve.json: test AUROC per fraction
+    over repeats).
 
     Example:
 
     \b
         cxrprobe probe --store emb.zarr --features cls+mean --out probes/dinov2_clsmean.json
         cxrprobe probe --store emb.zarr --method knn --out probes/dinov2_knn.json
+        cxrprobe probe --store emb.zarr --findings study-chexpert --blank negative \\
+            --out probes/dinov2_study.json
         cxrprobe probe --store emb.zarr --eval-only probes/dinov2_clsmean.weights.safetensors \\
             --out probes/rescored.json
+        cxrprobe probe --store emb.zarr --train-fraction 0.01,0.1,0.3,1 --repeats 5 \\
+            --out probes/dinov2_curve.json
     """
-    from cxrprobe.probe.run import ProbeConfig, output_paths, parse_grid, run_probe
+    from cxrprobe.probe.curves import format_curve
+    from cxrprobe.probe.run import run_probe
     from cxrprobe.probe.summary import format_summary
 
     with library_errors():
-        config = ProbeConfig(
-            store=store,
-            out=out,
-            method=method,
-            features=features,
-            backend=backend,
-            device=device,
-            grid=parse_grid(grid),
-            selection=selection,
-            refit_trainval=refit_trainval,
-            class_weight=class_weight,
-            uncertain=uncertain,
-            train_split=_names(train_split),
-            val_split=_names(val_split),
-            test_split=_names(test_split),
-            split_csv=split_csv,
-            val_fraction=val_fraction,
-            seed=seed,
-            ks=_ints(ks),
-            temperature=temperature,
-            max_iter=max_iter,
-            tol=tol,
-            eval_only=eval_only,
-        )
-        summary = run_probe(config, progress=progress_in("iter"))
-    record(
-        output_paths(out)["run"],
-        "probe",
-        {
-            **summary["config"],
-            "result": {
-                "test_mean_auroc": summary["test_mean_auroc"],
-                "chosen": summary.get("chosen"),
-                "outputs": summary["outputs"],
-            },
-        },
-    )
-    for line in format_summary(summary):
+        summary = run_probe(probe_config(params), progress=progress_in("iter"))
+    curve = params["train_fractions"] is not None
+    for line in (format_curve if curve else format_summary)(summary):
         click.echo(line)
+
+
+def probe_config(params: Mapping[str, Any]) -> Any:
+    """The ``ProbeConfig`` of parsed ``probe`` options (a study's step builds it the same way)."""
+    from cxrprobe.probe.run import ProbeConfig
+
+    return ProbeConfig(**params)
 
 
 COMMANDS = [probe]

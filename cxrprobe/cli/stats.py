@@ -6,20 +6,15 @@ from pathlib import Path
 
 import click
 
-from cxrprobe.cli._common import (
-    device_option,
-    library_errors,
-    progress_in,
-    record,
-    seed_option,
-    stack_options,
-)
+from cxrprobe.cli.options import device_option, seed_option, stack_options
+from cxrprobe.cli.output import library_errors, progress_in
 
 _FILE = click.Path(dir_okay=False, path_type=Path)
 
 
 def _bootstrap_options(command):
-    """Options shared by compare and evaluate (resampling, device, CIs)."""
+    """Options shared by compare and evaluate (resampling, device, CIs, label families,
+    calibration, subgroups, outputs)."""
     options = [
         click.option(
             "--resamples",
@@ -27,7 +22,7 @@ def _bootstrap_options(command):
             type=click.IntRange(min=1),
             default=1000,
             show_default=True,
-            help="Bootstrap resamples.",
+            help="Bootstrap resamples (a two-sided test needs 2/(B+1) <= alpha: B >= 39 at 0.05).",
         ),
         seed_option("Seed of the resample draws (written into the report)."),
         click.option(
@@ -58,8 +53,45 @@ def _bootstrap_options(command):
             default=None,
             help="Resamples per chunk (default: sized to the device's memory).",
         ),
+        click.option(
+            "--min-positives",
+            type=click.IntRange(min=0),
+            default=10,
+            show_default=True,
+            help="Labels with fewer positive (or negative) rows are flagged rare.",
+        ),
+        click.option(
+            "--include-rare",
+            is_flag=True,
+            help="Keep rare labels in the FDR family (left out by default).",
+        ),
+        click.option(
+            "--ece-bins",
+            type=click.IntRange(min=1),
+            default=10,
+            show_default=True,
+            help="Equal-mass bins of the expected calibration error.",
+        ),
+        click.option(
+            "--by",
+            multiple=True,
+            help="Subgroup field of the predictions: 'sex', 'view', or numeric bins "
+            "'age:0,40,60,80'; repeat for several.",
+        ),
         click.option("--out", type=_FILE, default=None, help="Write the JSON report here."),
-        click.option("--markdown", type=_FILE, default=None, help="Write a markdown table."),
+        click.option("--markdown", type=_FILE, default=None, help="Write a markdown report."),
+        click.option(
+            "--subgroup-plot",
+            type=_FILE,
+            default=None,
+            help="Write a subgroup forest plot (needs --by).",
+        ),
+        click.option(
+            "--reliability-plot",
+            type=_FILE,
+            default=None,
+            help="Write a reliability diagram (probability scores only).",
+        ),
     ]
     return stack_options(*options)(command)
 
@@ -75,17 +107,18 @@ def _options(kw: dict):
         ci=kw["ci"],
         alpha=kw["alpha"],
         chunk_size=kw["chunk_size"],
+        min_positives=kw["min_positives"],
+        include_rare=kw["include_rare"],
+        ece_bins=kw["ece_bins"],
     )
 
 
-def _write_outputs(report: dict, name: str, config: dict, out, markdown, plot=None) -> None:
-    from cxrprobe.stats.render import write_report_outputs
+def _show(report: dict, written: list) -> None:
+    from cxrprobe.stats.render import format_report
 
-    written = write_report_outputs(
-        {**report, "command": config}, out=out, markdown=markdown, plot=plot
-    )
-    for folder in sorted({path.resolve().parent for path in written}):
-        record(folder, name, config)
+    click.echo(format_report(report))
+    for warning in report["warnings"]:
+        click.echo(f"Warning: {warning}", err=True)
     if written:
         click.echo("wrote " + ", ".join(str(p) for p in written))
 
@@ -108,37 +141,41 @@ def _write_outputs(report: dict, name: str, config: dict, out, markdown, plot=No
 @click.option("--validation-b", type=_FILE, default=None, help="B's validation predictions.")
 @click.option("--plot", type=_FILE, default=None, help="Write a forest plot (png, pdf, svg).")
 def compare(file_a: Path, file_b: Path, **kw) -> None:
-    """Compare two models' predictions on the same images: paired bootstrap and DeLong.
+    """Compare model A (FILE_A) with model B (FILE_B) on the same images: paired bootstrap and
+    DeLong; every difference is B - A.
 
-    Per label and for the mean AUROC: both AUROCs with CIs, the difference B - A with its CI,
-    the study's bootstrap p-value (share of resamples in which the better model does not win),
-    Benjamini-Hochberg FDR across labels and DeLong's test; Youden threshold metrics go to the
-    JSON and markdown outputs. Both files must hold the same ids and labels (or pass --align).
+    Per label and for the mean AUROC: both AUROCs with CIs, the difference with its CI, the
+    two-sided bootstrap p (which decides), Benjamini-Hochberg FDR across labels, DeLong's test
+    and the study's one-sided p (for reproduction only). Rare labels are flagged and left out
+    of the FDR family; Brier score and ECE for probabilities; --by repeats everything per
+    subgroup. Both files must hold the same ids and labels (or pass --align). Files are
+    cxrprobe predictions (.json, .npz) or long tables from any tool (.parquet, .csv: columns
+    image_id, finding, target, score; optional patient_id, score_kind, subgroup columns). Each
+    output gets OUTPUT.run.json beside it.
 
     Example:
 
-        cxrprobe compare dinov2.json imagenet.json --resamples 1000 --seed 0 --out cmp.json --plot cmp.png --markdown cmp.md
+        cxrprobe compare imagenet.json dinov2.json --by sex --out cmp.json --plot cmp.png --markdown cmp.md
     """
-    from cxrprobe.stats.report import compare_files
+    from cxrprobe.stats.outputs import run_compare
 
-    config = {
-        "file_a": str(file_a),
-        "file_b": str(file_b),
-        **{k: str(v) if isinstance(v, Path) else v for k, v in kw.items()},
-    }
     with library_errors():
-        options = _options(kw)
-        report = compare_files(
+        report, written = run_compare(
             file_a,
             file_b,
-            options,
+            _options(kw),
             align=kw["align"],
             validation_a=kw["validation_a"],
             validation_b=kw["validation_b"],
+            by=kw["by"],
+            out=kw["out"],
+            markdown=kw["markdown"],
+            plot=kw["plot"],
+            subgroup_plot=kw["subgroup_plot"],
+            reliability_plot=kw["reliability_plot"],
             progress=progress_in("resample"),
         )
-        _show(report)
-        _write_outputs(report, "compare", config, kw["out"], kw["markdown"], kw["plot"])
+    _show(report, written)
 
 
 @click.command("evaluate")
@@ -151,29 +188,30 @@ def compare(file_a: Path, file_b: Path, **kw) -> None:
     help="Validation predictions: Youden thresholds are chosen on them.",
 )
 def evaluate(file: Path, **kw) -> None:
-    """One model's table: AUROC per label and mean with bootstrap CIs, plus sensitivity,
-    specificity, accuracy and F1 at a Youden threshold chosen once.
+    """One model's table: AUROC per label and mean with bootstrap CIs, sensitivity,
+    specificity, accuracy and F1 at a Youden threshold chosen once, Brier score and ECE, and
+    with --by the same per subgroup with AUROC gaps. FILE is .json, .npz, .parquet or .csv (see
+    compare). Each output gets OUTPUT.run.json beside it.
 
     Example:
 
-        cxrprobe evaluate dinov2.json --validation dinov2_val.json --out eval.json --markdown eval.md
+        cxrprobe evaluate dinov2.json --validation dinov2_val.json --by age:0,40,60,80 --out eval.json --markdown eval.md
     """
-    from cxrprobe.stats.report import evaluate_file
+    from cxrprobe.stats.outputs import run_evaluate
 
-    config = {"file": str(file), **{k: str(v) if isinstance(v, Path) else v for k, v in kw.items()}}
     with library_errors():
-        options = _options(kw)
-        report = evaluate_file(
-            file, options, validation=kw["validation"], progress=progress_in("resample")
+        report, written = run_evaluate(
+            file,
+            _options(kw),
+            validation=kw["validation"],
+            by=kw["by"],
+            out=kw["out"],
+            markdown=kw["markdown"],
+            subgroup_plot=kw["subgroup_plot"],
+            reliability_plot=kw["reliability_plot"],
+            progress=progress_in("resample"),
         )
-        _show(report)
-        _write_outputs(report, "evaluate", config, kw["out"], kw["markdown"])
-
-
-def _show(report: dict) -> None:
-    from cxrprobe.stats.render import format_report
-
-    click.echo(format_report(report))
+    _show(report, written)
 
 
 COMMANDS = [compare, evaluate]

@@ -2,19 +2,57 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
 import click
 
-from cxrprobe.cli._common import library_errors, progress, record
+from cxrprobe.cli.options import RegistryChoice
+from cxrprobe.cli.output import library_errors, progress, record
 
 
-def _step_echo(step: Any, status: str) -> None:
+def _step_echo(step: Any, status: str, why: str = "") -> None:
     if status == "skipped":
         click.echo(f"  = {step.key}: finished earlier, skipped")
+    elif status == "redoing":
+        click.echo(f"  ~ {step.key}: stale ({why}), redoing")
     else:
         click.echo(f"  > {step.key}")
+
+
+def _echo_states(states: list[Any], out: Path) -> None:
+    """``--dry-run``: every step with its state, why, and its command; refused steps fail it."""
+    from collections import Counter
+
+    from cxrprobe.workflow.plan import Paths
+    from cxrprobe.workflow.state import REFUSED, changed_settings, read_record, refusal
+
+    for state in states:
+        click.echo(f"[{state.state}] {state.step.key}")
+        if state.reasons:
+            click.echo(f"    because: {state.why}")
+        click.echo(f"    {state.step.command}")
+    counts = Counter(state.state for state in states)
+    click.echo(f"{len(states)} steps: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
+    refused = [s.step for s in states if s.state == REFUSED]
+    if refused:
+        paths = Paths(out)
+        raise click.UsageError(
+            "a run would start nothing: "
+            + refusal(
+                [(s, changed_settings(s, read_record(paths.record(s.key)))) for s in refused], paths
+            )
+        )
+
+
+def _warn_stale(study: dict[str, Any]) -> None:
+    if study.get("stale"):
+        click.echo(
+            f"Warning: {len(study['stale'])} comparison(s) not shown: files they were computed "
+            "from changed since (listed in report.md); run the study again to redo them",
+            err=True,
+        )
 
 
 def _echo_study(study: dict[str, Any]) -> None:
@@ -112,7 +150,7 @@ def demo(
     study = result["study"]
     click.echo(f"\nModels: {result['models'].note}\n")
     for row in study["comparisons"]:
-        click.echo(f"### {row['b']} vs {row['a']} (per finding)\n")
+        click.echo(f"### B = {row['b']} vs A = {row['a']} (per finding)\n")
         click.echo(_comparison_table(Path(row["report"])) + "\n")
     _echo_study(study)
     _echo_outputs(out, result["config"].out, study)
@@ -134,47 +172,78 @@ def _echo_outputs(out: Path, study_dir: Path, study: dict[str, Any]) -> None:
         ("*/images_*.zarr", "image cache"),
         ("*/*/embeddings.zarr", "embeddings"),
         ("*/*/*/predictions.json", "predictions"),
+        ("*/*/curve/curve.json", "efficiency curve"),
         ("*/compare/*.json", "comparison"),
         ("*/compare/*.png", "forest plot"),
     ):
         for path in sorted(study_dir.glob(pattern)):
-            click.echo(f"  {what:<19} {path}")
-    for name in ("report.md", "report.png", "report.json"):
-        click.echo(f"  {'study report':<19} {study['outputs'][name]}")
+            if not path.name.endswith(".run.json"):  # run records sit beside each output
+                click.echo(f"  {what:<19} {path}")
+    for path in study["outputs"].values():
+        click.echo(f"  {'study report':<19} {path}")
 
 
 @click.command("study")
-@click.argument("config", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("config", type=click.Path(dir_okay=False, path_type=Path), required=False)
 @click.option(
-    "--dry-run", is_flag=True, help="List the steps and their equivalent commands; run nothing."
+    "--dry-run",
+    is_flag=True,
+    help="List every step with its state (done, to run, stale and why, refused) and its "
+    "equivalent command; run nothing.",
 )
-def study(config: Path, dry_run: bool) -> None:
+@click.option(
+    "--template",
+    type=RegistryChoice("cxrprobe.workflow.templates:TEMPLATES"),
+    default=None,
+    help="Print a study config to edit instead (paper: the whole study, six datasets, three "
+    "inits with the MIMIC-CXR pretraining step, the paper's comparisons).",
+)
+def study(config: Path | None, dry_run: bool, template: str | None) -> None:
     """Run a whole study from CONFIG.toml: datasets × initialisations × {probe, finetune}, then the
-    comparisons and the report. Finished steps are skipped; interrupted ones resume.
+    comparisons and the report. Finished steps are skipped; interrupted ones resume. A step whose
+    inputs changed since it ran (an upstream step was redone, a file replaced) is redone, and so
+    is every step after it that reads its output; a step whose settings changed is refused.
 
-    --dry-run prints each step's equivalent single command, e.g. to spread steps over GPUs or
-    run `torchrun` yourself.
+    --dry-run prints each step's state and equivalent single command, e.g. to spread steps over
+    GPUs or run `torchrun` yourself. --template paper prints the whole study as a config: edit
+    its roots and weights, then run it.
 
     Example:
 
+    \b
+        cxrprobe study --template paper > study.toml
         cxrprobe study study.toml --dry-run
     """
+    if template is not None:
+        if config is not None or dry_run:
+            raise click.UsageError("--template prints a config; give no CONFIG or --dry-run")
+        from cxrprobe.workflow.templates import template_text
+
+        click.echo(template_text(template), nl=False)
+        return
+    if config is None:
+        raise click.UsageError("give a study CONFIG.toml, or --template paper to print one")
     from cxrprobe.workflow.config import load_study
-    from cxrprobe.workflow.plan import Paths, build_plan, run_plan, step_status
+    from cxrprobe.workflow.plan import build_plan
     from cxrprobe.workflow.report import write_study_report
+    from cxrprobe.workflow.state import plan_states, run_plan
 
     with library_errors():
-        cfg = load_study(config)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", DeprecationWarning)
+            cfg = load_study(config)
+        for warning in caught:
+            click.echo(f"Warning: {warning.message}", err=True)
         steps = build_plan(cfg)
         if dry_run:
-            for step in steps:
-                click.echo(f"[{step_status(step, Paths(cfg.out))}] {step.key}\n    {step.command}")
+            _echo_states(plan_states(steps, cfg.out), cfg.out)
             return
         cfg.out.mkdir(parents=True, exist_ok=True)
         record(cfg.out, "study", {"config_file": config.resolve(), **cfg.to_dict()})
         run_plan(steps, cfg.out, progress=progress, on_step=_step_echo)
         result = write_study_report(cfg.out)
     _echo_study(result)
+    _warn_stale(result)
     click.echo("wrote " + ", ".join(result["outputs"].values()))
 
 
@@ -186,6 +255,10 @@ def study(config: Path, dry_run: bool) -> None:
 def report(run_dir: Path, alpha: float) -> None:
     """Collect every comparison of a study's RUN_DIR into the study table (markdown, JSON, figure):
     mean AUROC per dataset and initialisation with CIs and study-wide FDR-corrected p-values.
+    A comparison whose predictions files changed since it was computed is not shown (listed as
+    stale). Label-efficiency curves (a study's [probe] train_fraction) add mean AUROC against
+    training fraction per init with bootstrap CIs: a table and report_curves.png. The run record
+    goes to report.run.json (the study's own run.json is kept).
 
     Example:
 
@@ -195,8 +268,9 @@ def report(run_dir: Path, alpha: float) -> None:
 
     with library_errors():
         result = write_study_report(run_dir, alpha=alpha)
-    record(run_dir, "report", {"run_dir": run_dir.resolve(), "alpha": alpha})
+    record(run_dir / "report.run.json", "report", {"run_dir": run_dir.resolve(), "alpha": alpha})
     _echo_study(result)
+    _warn_stale(result)
     click.echo("wrote " + ", ".join(result["outputs"].values()))
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import inspect
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -23,10 +23,11 @@ from typing import Any
 import pandas as pd
 
 from cxrprobe.data import readers
-from cxrprobe.data.findings import FINDINGS
+from cxrprobe.data.finding_sets import finding_sets, select_findings
+from cxrprobe.data.findings import DERIVED, FINDINGS
 from cxrprobe.data.labelmap import LabelMap, load_label_map
 from cxrprobe.data.manifest import validate_manifest
-from cxrprobe.data.policies import Policies, apply_policies
+from cxrprobe.data.policies import LABEL_POLICIES_DOC, Policies, apply_policies
 from cxrprobe.errors import ConfigError, InputFileError
 
 
@@ -62,17 +63,21 @@ class Adapter:
     def build(self, root: str | os.PathLike, **options: Any) -> pd.DataFrame:
         """Read the dataset under ``root`` and apply the policies; returns a checked manifest.
 
-        ``options`` are the reader's own (``self.options``) plus the ``Policies`` fields
-        (``uncertain``, ``views``, ``split``, ``val_frac``, ``test_frac``, ``seed``,
-        ``check_files``); anything else raises ConfigError.
+        ``options`` are the reader's own (``self.options``), ``findings`` (a subset spec for
+        ``finding_sets.resolve_findings``: only those finding columns are kept) and the
+        ``Policies`` fields (``uncertain``, ``blank``, ``views``, ``split``, ``val_frac``,
+        ``test_frac``, ``seed``, ``check_files``); anything else raises ConfigError.
         """
         root = Path(root)
         if not root.is_dir():
             raise InputFileError(f"dataset root {root} is not a folder; check --root")
+        findings = options.pop("findings", None)
         reader_options = {k: options.pop(k) for k in list(options) if k in self.options}
-        policies = Policies.from_options(options, f"dataset {self.name}", self.options)
+        known = [*self.options, "findings"]
+        policies = Policies.from_options(options, f"dataset {self.name}", known)
         raw = self.read(root, self.label_map, **reader_options)
         validate_manifest(raw, f"{self.name} tables in {root}")
+        raw = select_findings(raw, findings, f"dataset {self.name} (tables in {root})")
         return apply_policies(raw, policies, root, self.official_split)
 
 
@@ -81,7 +86,7 @@ ADAPTERS: dict[str, Adapter] = {
     for adapter in (
         Adapter(
             "chestxray14",
-            "NIH ChestX-ray14: Data_Entry_2017*.csv, 112,120 frontal images, 14 findings",
+            "NIH ChestX-ray14: Data_Entry_2017*.csv, 112,120 frontal images, 14 disease labels",
             "chestxray14",
             readers.read_chestxray14,
             "test_list.txt and train_val_list.txt beside the label table",
@@ -146,8 +151,9 @@ def findings_table() -> pd.DataFrame:
 
 
 def datasets_markdown() -> str:
-    """``docs/datasets.md``: the generated finding × dataset table (regenerate with
-    ``cxrprobe datasets --markdown > docs/datasets.md``; a test keeps the file in sync)."""
+    """``docs/datasets.md``: the generated finding × dataset table, derived findings, named sets
+    and adapters (regenerate with ``cxrprobe datasets --markdown > docs/datasets.md``; a test
+    keeps the file in sync)."""
     table = findings_table()
     names = {f.id: f.name for f in FINDINGS}
     lines = [
@@ -157,7 +163,8 @@ def datasets_markdown() -> str:
         "",
         "Each cell names the dataset's own label(s) mapped to the canonical finding (several names",
         "combine by a maximum under 1 > -1 > 0 > missing). The maps are the JSON files in",
-        "`cxrprobe/data/label_maps/`; the `generic` adapter takes its names from a column map.",
+        "`cxrprobe/data/label_maps/`; the `generic` adapter takes its names from a column map. A",
+        "derived finding's cell names the labels of its parts.",
         "",
         "| finding | id | " + " | ".join(table.columns) + " |",
         "|---|---|" + "---|" * len(table.columns),
@@ -167,6 +174,19 @@ def datasets_markdown() -> str:
         lines.append(f"| {names[finding]} | `{finding}` | " + " | ".join(cells) + " |")
     counts = " | ".join(str(int((table[c] != "").sum())) for c in table.columns)
     lines.append(f"| **findings** | | {counts} |")
+    lines += ["", "## Derived findings", "", _DERIVED_DOC.strip(), ""]
+    lines += [
+        f"- `{d}` = max({', '.join(f'`{p}`' for p in parts)})" for d, parts in DERIVED.items()
+    ]
+    lines += ["", "## Named finding sets", "", _SETS_DOC.strip(), ""]
+    lines += ["| set | dataset | size | findings | source |", "|---|---|---|---|---|"]
+    for fs in finding_sets().values():
+        lines.append(
+            f"| `{fs.name}` | {fs.dataset} | {len(fs.findings)} | "
+            f"{', '.join(fs.findings)} | {_source_link(fs.source)} |"
+        )
+    lines += [""] + [f"- `{fs.name}`: {fs.notes}" for fs in finding_sets().values()]
+    lines += ["", "## Label policies", "", LABEL_POLICIES_DOC.strip()]
     lines += ["", "## Adapters", ""]
     for adapter in ADAPTERS.values():
         options = ", ".join(f"`{o}`" for o in adapter.options)
@@ -177,10 +197,39 @@ def datasets_markdown() -> str:
     return "\n".join(lines) + "\n" + _GENERIC_DOC
 
 
+def _source_link(source: Mapping[str, str]) -> str:
+    """``file`` at ``lines`` as a link to the pinned commit of ``repository``."""
+    first, _, last = source["lines"].partition("-")
+    anchor = f"#L{first}" + (f"-L{last}" if last else "")
+    url = f"{source['repository']}/blob/{source['commit']}/{source['file']}{anchor}"
+    repo = source["repository"].rstrip("/").split("/")[-1]
+    return f"[{repo} `{source['file']}` L{source['lines']}]({url}) @ {source['commit'][:7]}"
+
+
+_DERIVED_DOC = """
+A dataset that provides every part of a derived finding also provides the derived finding: the
+merge of its parts (1 > -1 > 0 > missing), so ChestX-ray14 gives `nodule`, `mass` and
+`nodule_mass`, while VinDr-CXR, whose own label merges them ("Nodule/Mass"), gives only
+`nodule_mass`. Sided findings (graded per side in bedside sets such as UKA-CXR) derive the
+unsided one. PadChest's aortic elongation labels give `aortic_elongation` (the study's PadChest
+label) and also `aortic_enlargement` (VinDr-CXR's wider "enlarged, elongated or tortuous aorta"),
+so neither meaning is lost.
+"""
+
+_SETS_DOC = """
+Each dataset's label set in the study, shipped as data in `cxrprobe/data/named_sets/` (one JSON
+file per set, with the source's own spellings, where the list comes from, and notes). Pass a set
+name, finding ids, or both, comma-separated, to `--findings` (e.g. `cxrprobe manifest chestxray14
+... --findings study-chestxray14` keeps only those finding columns, and the run record says so).
+An unknown name, or a finding the data does not provide, is refused with the list of what
+exists. `cxrprobe datasets` lists the sets.
+"""
+
+
 _GENERIC_DOC = """
 ## The generic adapter's column map
 
-`cxrprobe manifest generic --root DIR --column-map map.json -o manifest.parquet` reads
+`cxrprobe manifest generic --root DIR --column-map map.json --out manifest.parquet` reads
 `labels.csv` in `DIR` (or `csv` in the map, or `--labels-csv`). Every key is optional; every column
 the map names must exist in the CSV.
 
@@ -189,12 +238,53 @@ the map names must exist in the CSV.
   "csv": "labels.csv",
   "columns": {"image_id": "Image", "path": "File", "patient_id": "MRN", "study_id": "Accession",
               "view": "Projection", "split": "Set", "sex": "Sex", "age": "Age"},
-  "findings": {"Effusion": "pleural_effusion", "Mass": "nodule_mass", "Nodule": "nodule_mass"},
+  "findings": {"Effusion": "pleural_effusion", "Mass": "mass", "Nodule": "nodule"},
   "views": {"Frontal PA": "PA", "Portable": "AP"},
   "splits": {"holdout": "test"},
-  "values": {"yes": 1, "no": 0, "maybe": -1}
+  "values": {"yes": 1, "no": 0, "maybe": -1},
+  "ignore": ["Comment"]
 }
 ```
+
+- `columns`: the CSV's names for the manifest's base columns.
+- `findings`: CSV column → canonical finding id, a list of ids, or a column rule
+  `{"finding": ID, "values": {...}, "threshold": T}`. Several columns mapped to one finding
+  combine by a maximum under 1 > -1 > 0 > missing (left and right columns into one finding).
+- `values`: text codes → 1, 0 or -1, for every finding column without its own `values`. A column
+  rule's `values` replaces this map for that column, so a `healthy` column whose 1 means "healthy"
+  is not recoded by a map written for the disease columns.
+- `threshold` (per column): the column holds ordinal grades (numbers >= 0 after its `values`);
+  grades >= T become 1, lower grades 0, blank stays missing and -1 stays uncertain.
+- `ignore`: CSV columns that are neither base nor finding columns. Any other column that the map
+  does not name is left out with a warning naming the closest known finding (a misspelt
+  `Cardiomegally` is reported, never dropped silently).
+
+A UKA-like bedside table, graded per side from 0 (none) to 4 (severe), with "healthy" 1/0:
+
+```json
+{
+  "csv": "uka.csv",
+  "columns": {"image_id": "Image", "patient_id": "Patient", "split": "Set"},
+  "values": {"none": 0, "questionable": 1, "mild": 2, "moderate": 3, "severe": 4},
+  "findings": {
+    "Cardiomegaly": {"finding": "cardiomegaly", "threshold": 2},
+    "Congestion": {"finding": "congestion", "threshold": 2},
+    "Effusion left": {"finding": "pleural_effusion_left", "threshold": 2},
+    "Effusion right": {"finding": "pleural_effusion_right", "threshold": 2},
+    "Infiltrates left": {"finding": "pneumonia_left", "threshold": 2},
+    "Infiltrates right": {"finding": "pneumonia_right", "threshold": 2},
+    "Atelectasis left": {"finding": "atelectasis_left", "threshold": 2},
+    "Atelectasis right": {"finding": "atelectasis_right", "threshold": 2},
+    "Healthy": {"finding": "no_finding", "values": {"1": 1, "0": 0}}
+  }
+}
+```
+
+This gives the nine findings of `study-uka` plus the derived `pleural_effusion`, `pneumonia` and
+`atelectasis` (either side). To keep only one finding per pair, map both sides to the unsided id
+instead (`"Effusion left": {"finding": "pleural_effusion", "threshold": 2}`, and the same for the
+right). The threshold is the user's choice: check the resulting prevalence (printed by `cxrprobe
+manifest`) against your own table.
 
 Without a map the CSV must already use the manifest's names: `image_id`, `patient_id`, optional
 `path` (default: the image id), `study_id`, `view`, `split`, `sex`, `age`, and finding columns

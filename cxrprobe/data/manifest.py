@@ -2,23 +2,33 @@
 
 Columns are ``BASE_COLUMNS`` then one float column per canonical finding (``findings.FINDING_IDS``)
 the dataset annotates, valued 1.0 (positive), 0.0 (negative), -1.0 (uncertain) or NaN (not
-annotated). ``label_matrix`` masks uncertain labels (-1 → NaN) so every consumer ignores them
-unless a policy turned them into 0 or 1 first. Written as Parquet; CSV is accepted on input.
+annotated). ``label_matrix`` gives them as an array, by default as evaluation targets
+(:mod:`cxrprobe.data.targets`: uncertain masked to NaN). Written as Parquet; CSV is accepted on
+input.
+
+The label policies that made a manifest (``uncertain``, ``blank``; see
+:mod:`cxrprobe.data.policies`) travel with it: ``df.attrs["label_policies"]`` in memory, the
+Parquet file's key-value metadata (key ``cxrprobe.label_policies``, JSON) on disk, so stores built
+from the file record them (:func:`label_policies`). A CSV manifest carries none (unknown).
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
+import json
 import os
-import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from cxrprobe.data.findings import FINDING_IDS, in_vocabulary_order
+from cxrprobe.data.targets import evaluation_targets
 from cxrprobe.errors import ConfigError, DataFormatError, InputFileError
+from cxrprobe.provenance import atomic_write_bytes, write_run_record
 
 BASE_COLUMNS = ("image_id", "path", "patient_id", "study_id", "view", "split", "sex", "age")
 VIEWS = ("PA", "AP", "LATERAL", "OTHER")
@@ -26,6 +36,9 @@ SPLITS = ("train", "val", "test")
 LABEL_VALUES = (1.0, 0.0, -1.0)
 _REQUIRED_STRINGS = ("image_id", "path", "patient_id")
 _STRING_COLUMNS = ("image_id", "path", "patient_id", "study_id", "view", "split", "sex")
+LABEL_POLICIES = ("uncertain", "blank")  # the policies that decide what a label value means
+LABEL_POLICIES_ATTR = "label_policies"  # key in DataFrame.attrs
+_PARQUET_KEY = b"cxrprobe.label_policies"
 
 
 def _as_strings(values: pd.Series) -> pd.Series:
@@ -55,7 +68,35 @@ def normalize_manifest(df: pd.DataFrame) -> pd.DataFrame:
     extras = sorted(c for c in df.columns if c not in out.columns)
     for name in extras:
         out[name] = df[name].reset_index(drop=True)
+    if LABEL_POLICIES_ATTR in df.attrs:
+        out.attrs[LABEL_POLICIES_ATTR] = dict(df.attrs[LABEL_POLICIES_ATTR])
     return out
+
+
+def label_policies(df: pd.DataFrame) -> dict[str, str] | None:
+    """The label policies recorded with a manifest (``{"uncertain": ..., "blank": ...}``), or None
+    when unknown (a CSV manifest, or a DataFrame not built by an adapter)."""
+    recorded = df.attrs.get(LABEL_POLICIES_ATTR)
+    return None if recorded is None else dict(recorded)
+
+
+def _read_label_policies(path: Path) -> dict[str, str] | None:
+    """The label policies in a Parquet manifest's metadata (None if it has none)."""
+    import pyarrow.parquet as pq
+
+    raw = (pq.read_schema(path).metadata or {}).get(_PARQUET_KEY)
+    if raw is None:
+        return None
+    try:
+        recorded = json.loads(raw)
+    except ValueError:
+        recorded = None
+    if not isinstance(recorded, dict) or set(recorded) != set(LABEL_POLICIES):
+        raise DataFormatError(
+            f"{path}: metadata {_PARQUET_KEY.decode()} is {raw[:80]!r}, not a JSON object with "
+            f"{', '.join(LABEL_POLICIES)}; rebuild the manifest with `cxrprobe manifest`"
+        )
+    return {k: str(recorded[k]) for k in LABEL_POLICIES}
 
 
 def validate_manifest(df: pd.DataFrame, source: str = "manifest") -> None:
@@ -129,24 +170,62 @@ def read_manifest(path: str | os.PathLike) -> pd.DataFrame:
             f"{path}: cannot read as {'CSV' if '.csv' in name else 'Parquet'} ({exc})"
         ) from exc
     validate_manifest(df, str(path))
-    return normalize_manifest(df)
+    recorded = None if name.endswith((".csv", ".csv.gz")) else _read_label_policies(path)
+    df.attrs.pop(LABEL_POLICIES_ATTR, None)
+    df = normalize_manifest(df)
+    if recorded is not None:
+        df.attrs[LABEL_POLICIES_ATTR] = recorded
+    return df
 
 
-def write_manifest(df: pd.DataFrame, path: str | os.PathLike) -> Path:
-    """Validate, normalise and write a manifest as Parquet atomically (temp file + os.replace)."""
+def write_manifest(
+    df: pd.DataFrame,
+    path: str | os.PathLike,
+    policies: Mapping[str, str] | None = None,
+    command: str | None = None,
+    record: Mapping[str, Any] | None = None,
+) -> Path:
+    """Validate, normalise and write a manifest as Parquet atomically (temp file + os.replace),
+    with the file mode the user's umask gives, like every other output.
+
+    ``policies`` (default: those recorded in ``df.attrs``, see :func:`label_policies`) go into the
+    file's metadata. With ``command`` (e.g. ``"cxrprobe manifest nih"``), its run record goes to
+    :func:`run_record_path`: ``record`` (the command's resolved options) plus the manifest's hash,
+    label policies, findings and per-split counts, so the CLI and a study write the same record."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     path = Path(path)
     validate_manifest(df, str(path))
-    df = normalize_manifest(df)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        df.to_parquet(tmp, index=False)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    policies = label_policies(df) if policies is None else dict(policies)
+    if policies is not None and set(policies) != set(LABEL_POLICIES):
+        raise ConfigError(
+            f"label policies {policies} for {path} must name exactly {', '.join(LABEL_POLICIES)}"
+        )
+    table = pa.Table.from_pandas(normalize_manifest(df), preserve_index=False)
+    if policies is not None:
+        metadata = {**(table.schema.metadata or {}), _PARQUET_KEY: json.dumps(policies).encode()}
+        table = table.replace_schema_metadata(metadata)
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+    if command is not None:
+        counts = prevalence(df)
+        config = {
+            **(record or {}),
+            "manifest_hash": manifest_hash(df),
+            "label_policies": policies,
+            "findings": list(counts.columns[2:]),
+            "counts": counts.to_dict(orient="index"),
+        }
+        write_run_record(run_record_path(path), command, config)
     return path
+
+
+def run_record_path(path: str | os.PathLike) -> Path:
+    """``<stem>.run.json`` beside the manifest ``path``: the record of the command that wrote it."""
+    path = Path(path)
+    return path.with_name(path.stem + ".run.json")
 
 
 def finding_columns(df: pd.DataFrame) -> list[str]:
@@ -157,8 +236,9 @@ def finding_columns(df: pd.DataFrame) -> list[str]:
 def label_matrix(
     df: pd.DataFrame, findings: Sequence[str] | None = None, keep_uncertain: bool = False
 ) -> np.ndarray:
-    """Labels as a float32 (n, L) array: 1, 0 or NaN; uncertain (-1) is masked to NaN unless
-    ``keep_uncertain`` (stores keep -1 so that a probe's ``--uncertain`` policy can still map it).
+    """Labels as a float32 (n, L) array: evaluation targets (1, 0 or NaN; uncertain masked, see
+    :mod:`cxrprobe.data.targets`), or the raw labels with -1 if ``keep_uncertain`` (stores keep
+    -1 so that a probe's ``--uncertain`` policy can still map it).
 
     ``findings`` picks and orders the columns (default: ``finding_columns(df)``); a finding the
     manifest lacks raises ConfigError rather than silently giving an all-NaN column.
@@ -172,7 +252,7 @@ def label_matrix(
     if not names:
         return np.empty((len(df), 0), dtype=np.float32)
     labels = df[names].to_numpy(dtype=np.float32, na_value=np.nan)
-    return labels.copy() if keep_uncertain else np.where(labels == -1.0, np.float32(np.nan), labels)
+    return labels.copy() if keep_uncertain else evaluation_targets(labels)
 
 
 def manifest_hash(df: pd.DataFrame) -> str:

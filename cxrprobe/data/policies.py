@@ -1,14 +1,21 @@
 """Policies every adapter shares, also applicable to an existing manifest.
 
 ``uncertain``
-    ``"ignore"`` keeps -1 in the manifest; ``label_matrix`` (and so every probe, store and metric)
-    masks it like a missing label. ``"zero"`` / ``"one"`` turn -1 into a negative / positive.
+    ``"ignore"`` keeps -1 in the manifest (every probe and metric masks it, see
+    :mod:`cxrprobe.data.targets`); ``"zero"`` / ``"one"`` turn -1 into a negative / positive.
+``blank``
+    ``"missing"`` keeps not-annotated cells (NaN) of the finding columns, masked later;
+    ``"negative"`` turns them into 0 (with ``uncertain="zero"``: the study's ``label[label != 1]
+    = 0``). The manifest records both label policies (:data:`LABEL_POLICIES`).
 ``views``
     ``"frontal"`` (PA and AP), ``"pa"``, ``"ap"`` or ``"all"``; other rows are dropped.
 ``split``
     ``"official"``: the dataset's own split, val carved out of official train at patient level
     (``val_frac`` of its patients) when the dataset has no val; ``"random"``: a seeded
     patient-level split with ``val_frac`` and ``test_frac`` of the patients (see ``splits``).
+``allow_leakage``
+    a split (official, or the dataset's own table's) that puts a patient in more than one split
+    is refused unless this is set; then it only warns (the option is recorded in the run record).
 ``check_files``
     verify every kept row's image exists under the root (off by default: manifests build from the
     tables alone).
@@ -25,18 +32,18 @@ from typing import Any
 
 import pandas as pd
 
-from cxrprobe.data.manifest import finding_columns
+from cxrprobe.data.manifest import LABEL_POLICIES, LABEL_POLICIES_ATTR
 from cxrprobe.data.splits import (
     check_fractions,
+    check_patient_leakage,
     official_split,
-    patients_in_several_splits,
     random_split,
 )
+from cxrprobe.data.targets import BLANK_POLICIES, UNCERTAIN_POLICIES, apply_label_policies
 from cxrprobe.errors import ConfigError, InputFileError
 
 log = logging.getLogger(__name__)
 
-UNCERTAIN_POLICIES = {"ignore": -1.0, "zero": 0.0, "one": 1.0}
 VIEW_POLICIES = {"frontal": ("PA", "AP"), "pa": ("PA",), "ap": ("AP",), "all": None}
 SPLIT_POLICIES = ("official", "random")
 
@@ -46,16 +53,19 @@ class Policies:
     """The resolved policy options (checked on construction; ConfigError names a bad one)."""
 
     uncertain: str = "ignore"
+    blank: str = "missing"
     views: str = "all"
     split: str = "official"
     val_frac: float = 0.1
     test_frac: float = 0.2
     seed: int = 0
     check_files: bool = False
+    allow_leakage: bool = False
 
     def __post_init__(self) -> None:
         for name, allowed in (
             ("uncertain", UNCERTAIN_POLICIES),
+            ("blank", BLANK_POLICIES),
             ("views", VIEW_POLICIES),
             ("split", SPLIT_POLICIES),
         ):
@@ -84,16 +94,9 @@ class Policies:
         """The options as a plain dict (for run records)."""
         return asdict(self)
 
-
-def apply_uncertain(df: pd.DataFrame, policy: str) -> pd.DataFrame:
-    """Replace -1 labels according to ``policy`` (``ignore`` leaves them to be masked)."""
-    value = UNCERTAIN_POLICIES[policy]
-    if value == -1.0:
-        return df
-    df = df.copy()
-    for name in finding_columns(df):
-        df.loc[df[name] == -1.0, name] = value
-    return df
+    def label_policies(self) -> dict[str, str]:
+        """The policies that decide what the manifest's labels mean (recorded with it)."""
+        return {name: getattr(self, name) for name in LABEL_POLICIES}
 
 
 def select_views(df: pd.DataFrame, policy: str) -> pd.DataFrame:
@@ -107,7 +110,8 @@ def select_views(df: pd.DataFrame, policy: str) -> pd.DataFrame:
 
 
 def assign_split(df: pd.DataFrame, policies: Policies, hint: str = "") -> pd.DataFrame:
-    """Set the ``split`` column by the split policy; warns if an official split shares patients."""
+    """Set the ``split`` column by the split policy; refuses (``LeakageError``) a split that puts
+    a patient in two splits unless ``policies.allow_leakage``."""
     df = df.copy()
     if policies.split == "random":
         df["split"] = random_split(
@@ -117,13 +121,14 @@ def assign_split(df: pd.DataFrame, policies: Policies, hint: str = "") -> pd.Dat
         df["split"] = official_split(
             df["split"], df["patient_id"], policies.val_frac, policies.seed, hint
         )
-        shared = patients_in_several_splits(df)
-        if shared:
-            log.warning(
-                "the official split puts %d patients in more than one split (e.g. %s)",
-                len(shared),
-                shared[0],
-            )
+    where = f" ({hint})" if hint and policies.split == "official" else ""
+    check_patient_leakage(
+        df["split"],
+        df["patient_id"],
+        allow=policies.allow_leakage,
+        source=f"--split {policies.split}{where}",
+        fix="Use --split random for a seeded patient-level split, or fix the split table",
+    )
     return df
 
 
@@ -144,10 +149,13 @@ def apply_policies(
     root: str | os.PathLike | None = None,
     hint: str = "",
 ) -> pd.DataFrame:
-    """Uncertain labels, then views, then split, then the optional file check."""
+    """Label policies (uncertain, blank), then views, then split, then the optional file check.
+
+    The result records its label policies in ``df.attrs["label_policies"]``; ``write_manifest``
+    stores them in the Parquet file."""
     if df.empty:
         raise ConfigError("no images to apply policies to: the tables hold no rows")
-    df = apply_uncertain(df, policies.uncertain)
+    df = apply_label_policies(df, policies.uncertain, policies.blank)
     df = select_views(df, policies.views)
     if df.empty:
         raise ConfigError(f"--views {policies.views} keeps no image; try --views all")
@@ -156,4 +164,50 @@ def apply_policies(
         if root is None:
             raise ConfigError("check_files needs the dataset root")
         check_image_files(df, root)
+    df.attrs[LABEL_POLICIES_ATTR] = policies.label_policies()
     return df
+
+
+# docs/datasets.md "Label policies" (included by ``adapters.datasets_markdown``). The table was
+# measured on the real CheXpert train.csv; tests/test_cli_data.py checks it when the table exists.
+LABEL_POLICIES_DOC = """
+Every finding cell is 1 (positive), 0 (negative), -1 (uncertain) or blank (not annotated). Two
+`cxrprobe manifest` options decide what they mean:
+
+- `--uncertain ignore|zero|one` (default `ignore`): keep -1 (every probe and metric masks it), or
+  make it 0 or 1.
+- `--blank missing|negative` (default `missing`): keep a blank as not annotated (masked), or make
+  it 0. `--uncertain zero --blank negative` is the study's `label[label != 1] = 0` ("U-Zeros"
+  with blanks as 0).
+
+The manifest records both (its `.run.json` and the Parquet metadata key
+`cxrprobe.label_policies`); image caches and embedding stores built from it, and every
+predictions file made from those, carry them in their provenance (`label_policies`, under
+`dataset` in a predictions file). `cxrprobe probe` and `cxrprobe finetune` have their own
+`--uncertain` and `--blank`, which change only the training targets (recorded as
+`training_targets`): validation (choosing C, k or the epoch) and the test predictions are always
+judged on the labels as the manifest made them. To score as the study does, with blanks as
+negatives, build the manifest with `--blank negative`.
+
+Why the default keeps blanks masked: in CheXpert and MIMIC-CXR a blank means the report did not
+mention the finding, and calling that a negative is a choice, not a label. Share of
+the 191,010 frontal (PA/AP) images of CheXpert's `train.csv` on which each label of
+`study-chexpert` is defined (1 or 0), under `--uncertain` / `--blank`:
+
+| finding | positive | ignore / missing | zero / missing | zero / negative |
+|---|---|---|---|---|
+| `cardiomegaly` | 12.2 % | 16.4 % | 19.9 % | 100.0 % |
+| `pleural_effusion` | 40.3 % | 53.5 % | 58.5 % | 100.0 % |
+| `pneumonia` | 2.4 % | 3.4 % | 11.8 % | 100.0 % |
+| `atelectasis` | 15.6 % | 16.1 % | 31.7 % | 100.0 % |
+| `no_finding` | 8.9 % | 8.9 % | 8.9 % | 100.0 % |
+| `consolidation` | 6.8 % | 17.1 % | 29.8 % | 100.0 % |
+| `pneumothorax` | 9.3 % | 34.3 % | 35.7 % | 100.0 % |
+| `lung_opacity` | 49.3 % | 52.0 % | 54.3 % | 100.0 % |
+| `lung_lesion` | 3.7 % | 4.1 % | 4.7 % | 100.0 % |
+| `fracture` | 3.9 % | 4.9 % | 5.2 % | 100.0 % |
+
+With blanks masked the study's labels are defined on only 3.4-53.5 % of the images (4.7-58.5 %
+with uncertain as 0), and `no_finding` is only ever 1 or blank: it has no negative at all, so its
+AUROC is undefined.
+"""

@@ -26,6 +26,7 @@ from cxrprobe.data.labelmap import (
     map_splits,
     map_views,
     normalize_sex,
+    warn_unmapped_columns,
 )
 from cxrprobe.data.tables import (
     assemble,
@@ -335,7 +336,7 @@ def read_padchest(
 
 # --- Generic CSV -----------------------------------------------------------------------------------
 
-_SPEC_KEYS = {"csv", "columns", "findings", "views", "splits", "values"}
+_SPEC_KEYS = {"csv", "columns", "findings", "views", "splits", "values", "ignore"}
 _GENERIC_COLUMNS = ("image_id", "path", "patient_id", "study_id", "view", "split", "sex", "age")
 
 
@@ -360,6 +361,9 @@ def _load_column_map(column_map: PathLike | Mapping[str, Any] | None) -> dict[st
             f"column map {column_map}: unknown key(s) {', '.join(unknown)}; top-level keys are "
             f"{', '.join(sorted(_SPEC_KEYS))} and 'columns' keys are {', '.join(_GENERIC_COLUMNS)}"
         )
+    ignore = spec.get("ignore", [])
+    if not (isinstance(ignore, list) and all(isinstance(c, str) for c in ignore)):
+        raise ConfigError(f"column map {column_map}: 'ignore' must be a list of column names")
     return spec
 
 
@@ -372,7 +376,8 @@ def read_generic(
     """Any CSV (default ``labels.csv`` in root) plus a column map (see docs/datasets.md). Without
     a map the CSV must already use the manifest's names: ``image_id``, ``patient_id``, optional
     ``path`` (default: the image id), ``study_id``, ``view``, ``split``, ``sex``, ``age`` and
-    finding ids as columns. Every column the map names must exist."""
+    finding ids as columns. Every column the map names must exist; a CSV column that is neither
+    named nor ignored is left out with a warning naming the closest known finding."""
     spec = _load_column_map(column_map)
     columns = {name: name for name in _GENERIC_COLUMNS} | dict(spec.get("columns", {}))
     if spec.keys() & {"findings", "views", "splits"}:
@@ -387,12 +392,16 @@ def read_generic(
         )
     path = find_table(root, [spec.get("csv", "labels.csv")], labels_csv)
     named = [columns["image_id"], columns["patient_id"], *spec.get("columns", {}).values()]
-    table = read_table(path, [*named, *spec.get("findings", {})], dtype=str)
+    ignore = spec.get("ignore", [])
+    table = read_table(path, [*named, *spec.get("findings", {}), *ignore], dtype=str)
 
     def column(name: str) -> pd.Series:
         return optional_column(table, columns[name])
 
-    label_columns = table.drop(columns=[c for c in set(columns.values()) if c in table.columns])
+    label_columns = table.drop(
+        columns=[c for c in {*columns.values(), *ignore} if c in table.columns]
+    )
+    warn_unmapped_columns(label_columns.columns, label_map, str(path))
     has_path = columns["path"] in table.columns
     return assemble(
         labels_from_columns(label_columns, label_map, str(path), spec.get("values")),

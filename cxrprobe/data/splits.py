@@ -4,20 +4,24 @@ Patients are ordered by ``sha256(seed, patient_id)`` and the first ``round(test_
 test, the next ``round(val_frac * n)`` to val, the rest to train. The order of one patient does
 not depend on the others, so the split is deterministic given the seed, independent of row order,
 and barely moves when patients are added or removed; no patient is ever in two splits.
+:func:`check_patient_leakage` refuses splits (official, hand-made, a probe's) that put a patient
+in two splits, unless ``--allow-leakage``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from cxrprobe.data.manifest import SPLITS
-from cxrprobe.errors import ConfigError, DataFormatError
+from cxrprobe.errors import ConfigError, DataFormatError, LeakageError
 
 log = logging.getLogger(__name__)
+_SHOWN = 5  # patients named in a leakage message
 
 
 def check_fractions(val_frac: float, test_frac: float) -> None:
@@ -91,8 +95,47 @@ def official_split(
     return split
 
 
+def _splits_of_shared_patients(split: Any, patient_id: Any) -> pd.Series:
+    """Per patient with rows in more than one split, the sorted split names (rows without a
+    split or a patient id are ignored)."""
+    frame = pd.DataFrame(
+        {"patient": pd.Series(patient_id, dtype=object).to_numpy(),
+         "split": pd.Series(split, dtype=object).to_numpy()}
+    )  # fmt: skip
+    known = frame["patient"].notna() & frame["split"].notna()
+    frame = frame[known & (frame["patient"] != "") & (frame["split"] != "")].astype(str)
+    splits = frame.drop_duplicates().groupby("patient")["split"].agg(sorted)
+    return splits[splits.map(len) > 1]
+
+
 def patients_in_several_splits(df: pd.DataFrame) -> list[str]:
     """Patient ids that appear in more than one split (rows without a split are ignored)."""
-    assigned = df[df["split"].notna()]
-    counts = assigned.groupby("patient_id")["split"].nunique()
-    return counts.index[counts > 1].astype(str).tolist()
+    return _splits_of_shared_patients(df["split"], df["patient_id"]).index.tolist()
+
+
+def check_patient_leakage(
+    split: Any, patient_id: Any, *, allow: bool, source: str, fix: str
+) -> list[str]:
+    """Refuse patient leakage: a patient with rows in more than one split.
+
+    ``split`` and ``patient_id`` are per-row sequences (rows without either are ignored).
+    Raises :class:`~cxrprobe.errors.LeakageError` naming ``source``, how many patients and the
+    first few with their splits, then ``fix`` (what to do) and ``--allow-leakage``; with ``allow``
+    it only warns. Returns the shared patients (sorted), for the run record.
+    """
+    shared = _splits_of_shared_patients(split, patient_id)
+    if shared.empty:
+        return []
+    first = ", ".join(f"{p} ({'+'.join(s)})" for p, s in shared.head(_SHOWN).items())
+    more = ", ..." if len(shared) > _SHOWN else ""
+    what = (
+        f"{source}: {len(shared)} patient(s) have images in more than one split (patient "
+        f"leakage: {first}{more})"
+    )
+    if not allow:
+        raise LeakageError(
+            f"{what}; results on the test split would be optimistic. {fix}, or pass "
+            "--allow-leakage to accept it (recorded with the outputs)"
+        )
+    log.warning("%s; allowed by --allow-leakage", what)
+    return shared.index.tolist()

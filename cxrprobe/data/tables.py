@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import gzip
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -12,9 +15,31 @@ import numpy as np
 import pandas as pd
 
 from cxrprobe.data.manifest import normalize_manifest
-from cxrprobe.errors import DataFormatError, InputFileError
+from cxrprobe.errors import ConfigError, DataFormatError, InputFileError
 
 log = logging.getLogger(__name__)
+_ENCODING = contextvars.ContextVar("csv_encoding", default="utf-8")
+
+
+@contextlib.contextmanager
+def csv_encoding(encoding: str | None) -> Iterator[None]:
+    """Read every table inside the block with ``encoding`` (``manifest --encoding``); None keeps UTF-8."""
+    import codecs
+
+    if encoding is None:
+        yield
+        return
+    try:
+        codecs.lookup(encoding)
+    except LookupError:
+        raise ConfigError(
+            f"--encoding {encoding!r} is not a known text encoding; e.g. utf-8, latin-1, cp1252"
+        ) from None
+    token = _ENCODING.set(encoding)
+    try:
+        yield
+    finally:
+        _ENCODING.reset(token)
 
 
 def _matches(root: Path, patterns: Sequence[str], subdirs: Sequence[str]) -> list[Path]:
@@ -65,10 +90,14 @@ def find_optional_table(
 def read_table(
     path: Path, columns: Sequence[str], dtype: dict[str, Any] | None = None
 ) -> pd.DataFrame:
-    """Read a CSV (``.gz`` too) and check ``columns`` are present; errors name the file."""
+    """Read a CSV (``.gz`` too) in the :func:`csv_encoding` (UTF-8 by default) and check
+    ``columns`` are present; errors name the file (and for bad text, the line)."""
+    encoding = _ENCODING.get()
     try:
-        table = pd.read_csv(path, dtype=dtype, low_memory=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError) as exc:
+        table = pd.read_csv(path, dtype=dtype, low_memory=False, encoding=encoding)
+    except UnicodeDecodeError as exc:
+        raise DataFormatError(_decode_problem(path, encoding)) from exc
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, OSError) as exc:
         raise DataFormatError(f"{path}: cannot read as CSV ({exc})") from exc
     missing = [c for c in columns if c not in table.columns]
     if missing:
@@ -76,6 +105,26 @@ def read_table(
             f"{path}: missing column(s) {', '.join(missing)}; found {', '.join(map(str, table.columns))}"
         )
     return table
+
+
+def _decode_problem(path: Path, encoding: str) -> str:
+    """Name the first line of ``path`` that is not valid ``encoding`` (pandas only says where in
+    its read buffer the bad byte was)."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as fh:
+        for number, line in enumerate(fh, start=1):
+            try:
+                line.decode(encoding)
+            except UnicodeDecodeError as exc:
+                where = (
+                    f"line {number} (data row {number - 2})" if number > 1 else "line 1 (header)"
+                )
+                return (
+                    f"{path}: {where} is not valid {encoding} text (byte {line[exc.start]:#04x} at "
+                    f"column {exc.start + 1}); pass the file's encoding with --encoding (e.g. "
+                    "--encoding latin-1 or cp1252) or re-save it as UTF-8"
+                )
+    return f"{path}: not valid {encoding} text; pass the file's encoding with --encoding"
 
 
 def column_by_name(table: pd.DataFrame, name: str, path: Path) -> str:

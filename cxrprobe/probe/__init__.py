@@ -1,6 +1,7 @@
-"""Probes on frozen embeddings (linear, kNN) and full fine-tuning.
+"""Probes on frozen embeddings: linear (L-BFGS grid, backends), kNN, splits, the probe run.
 
-The linear and kNN probes are re-exported here (light imports: torch loads when they run).
+Re-exported here with light imports (torch loads when they run). Fine-tuning is
+:mod:`cxrprobe.finetune`; label targets are :mod:`cxrprobe.data.targets`.
 """
 
 from cxrprobe.probe.backends import BACKENDS, GridFit, get_backend
@@ -10,9 +11,7 @@ from cxrprobe.probe.linear import (
     GridReport,
     LinearProbe,
     Standardizer,
-    evaluation_targets,
     fit_linear_probe,
-    training_targets,
 )
 from cxrprobe.probe.run import ProbeConfig, run_probe
 
@@ -25,11 +24,9 @@ __all__ = [
     "LinearProbe",
     "ProbeConfig",
     "Standardizer",
-    "evaluation_targets",
     "fit_knn_probe",
     "fit_linear_probe",
     "get_backend",
     "knn_scores",
     "run_probe",
-    "training_targets",
 ]

@@ -12,8 +12,9 @@ the largest gradient entry of that scaled objective.
 
 * ``torch`` (default): every (C, finding) pair is one row of a batched, preconditioned L-BFGS
   (:mod:`cxrprobe.probe.lbfgs`) sharing the two matrix products per iteration, so the whole grid
-  is fitted in one pass over the features. Runs on CPU or CUDA (``device``); pairs are processed
-  in blocks of at most ``max_elements / n`` so memory stays bounded.
+  is fitted in one pass over the features. Runs on CPU or CUDA (``device``). Memory follows a
+  budget (``max_memory``, see :func:`solver_blocks`): pairs are fitted in batches and the
+  features standardised in row blocks that fit it, so it grows with the data, not the grid.
 * ``sklearn``: ``LogisticRegression(solver="lbfgs")`` per finding, warm-started along the grid.
 * ``cuml``: cuML's ``LogisticRegression`` per finding and grid value (it fits one label column).
 """
@@ -26,7 +27,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from cxrprobe.data.targets import entry_weights, fittable, observed_mask
 from cxrprobe.errors import ConfigError, DataFormatError, MissingDependencyError
+from cxrprobe.probe.features import ScaledFeatures, format_memory, memory_budget
 from cxrprobe.probe.lbfgs import (
     CONVERGED,
     DEFAULT_TOL,
@@ -73,8 +76,9 @@ class Backend(Protocol):
         tol: float = DEFAULT_TOL,
         callback: Callback | None = None,
     ) -> GridFit:
-        """``x`` (n, D) standardised features (tensor or array); ``targets`` (n, L) 0/1 with NaN
-        where a row is not annotated for a finding; every finding needs both classes."""
+        """``x`` a :class:`~cxrprobe.probe.features.ScaledFeatures` or (n, D) standardised
+        features (tensor or array); ``targets`` (n, L) 0/1 with NaN where a row is not annotated
+        for a finding; every finding needs both classes."""
         ...
 
 
@@ -83,31 +87,46 @@ def class_weights(targets: np.ndarray, pos_weight: np.ndarray | None) -> np.ndar
 
     Refuses a column without both classes (no logistic regression exists for it).
     """
-    lacking = np.flatnonzero(~(np.any(targets == 1, axis=0) & np.any(targets == 0, axis=0)))
+    lacking = np.flatnonzero(~fittable(targets))
     if lacking.size:
         raise DataFormatError(
             f"target column {int(lacking[0])} lacks positive or negative rows; it cannot be fitted"
         )
-    annotated = ~np.isnan(targets)
-    weights = annotated.astype(np.float64)
-    if pos_weight is not None:
-        weights = np.where(
-            annotated & (targets == 1), np.asarray(pos_weight, dtype=np.float64), weights
-        )
-    return weights
+    return entry_weights(targets, pos_weight)
 
 
 # --------------------------------------------------------------------------- torch backend
+def solver_blocks(
+    n: int, dim: int, problems: int, budget: int, history: int = 10
+) -> tuple[int, int]:
+    """(problems per L-BFGS batch, feature rows per block) that fit ``budget`` bytes.
+
+    A batch keeps two float32 margins per problem and row plus its L-BFGS history; it gets 7/8 of
+    the budget, split into batches of equal size. Row blocks (a standardised feature block and
+    at most five float32 temporaries per problem and row) get the last eighth.
+    """
+    per_problem = 8 * n + 4 * (2 * history + 12) * (dim + 1)
+    batch = min(problems, budget * 7 // 8 // per_problem)
+    if batch < 1:
+        raise ConfigError(
+            f"--max-memory {format_memory(budget)} is too small for {n} training rows: one "
+            f"(C, finding) pair needs {format_memory(per_problem * 8 // 7 + 1)}; raise --max-memory"
+        )
+    batch = -(-problems // -(-problems // batch))  # equal batches
+    rows = budget // 8 // (8 * dim + 24 * batch)
+    return batch, max(1, min(n, rows))
+
+
 class TorchBackend:
     """Batched L-BFGS over all (C, finding) pairs on one device."""
 
     name = "torch"
 
     def __init__(
-        self, device: Any = None, max_elements: int = 150_000_000, history: int = 10
+        self, device: Any = None, max_memory: int | str | None = None, history: int = 10
     ) -> None:
         self.device = device
-        self.max_elements = max_elements
+        self.max_memory = max_memory
         self.history = history
 
     def fit_grid(
@@ -115,13 +134,10 @@ class TorchBackend:
     ) -> GridFit:
         import torch
 
-        device = (
-            torch.device(self.device)
-            if self.device is not None
-            else (x.device if isinstance(x, torch.Tensor) else torch.device("cpu"))
-        )
-        x = torch.as_tensor(x, device=device, dtype=torch.float32)
-        n, dim = x.shape
+        feats = ScaledFeatures.of(x)
+        device = torch.device(self.device) if self.device is not None else feats.device
+        feats = feats.to(device)
+        n, dim = feats.shape
         cs = np.asarray(cs, dtype=np.float64)
         weights = class_weights(targets, pos_weight)
         totals = weights.sum(axis=0)
@@ -131,15 +147,17 @@ class TorchBackend:
         label_of = np.tile(np.arange(n_labels), len(cs))
         l2 = 1.0 / (np.repeat(cs, n_labels) * totals[label_of])
 
-        block = max(1, self.max_elements // max(n, 1))
-        eig = feature_eigh(x)
+        block, rows = solver_blocks(
+            n, dim, len(label_of), memory_budget(self.max_memory, device), self.history
+        )
+        eig = feature_eigh(feats, rows)
         theta = np.zeros((len(label_of), dim + 1), dtype=np.float32)
         n_iter = np.zeros(len(label_of), dtype=np.int64)
         status = np.zeros(len(label_of), dtype=np.int8)
         for start in range(0, len(label_of), block):
             part = slice(start, start + block)
             result = lbfgs_logistic(
-                x,
+                feats,
                 y,
                 s,
                 torch.as_tensor(label_of[part], device=device),
@@ -148,6 +166,7 @@ class TorchBackend:
                 max_iter=max_iter,
                 tol=tol,
                 history=self.history,
+                block_rows=rows,
                 callback=callback,
             )
             theta[part], n_iter[part], status[part] = result
@@ -185,7 +204,7 @@ class SklearnBackend:
         status = np.zeros((len(cs), n_labels), dtype=np.int8)
         order = np.argsort(cs)
         for label in range(n_labels):
-            rows = ~np.isnan(targets[:, label])
+            rows = observed_mask(targets[:, label])
             model = LogisticRegression(solver="lbfgs", max_iter=max_iter, tol=tol, warm_start=True)
             for step, g in enumerate(order):
                 if callback is not None:
@@ -251,7 +270,7 @@ class CumlBackend:
         import cupy  # installed with cuML
 
         for label in range(n_labels):
-            rows = ~np.isnan(targets[:, label])
+            rows = observed_mask(targets[:, label])
             wl = weights[rows, label]
             scale = float(wl.mean())
             # one host-to-GPU copy per finding, reused along the grid
@@ -272,6 +291,8 @@ class CumlBackend:
 
 
 def _to_numpy(x: Any) -> np.ndarray:
+    if isinstance(x, ScaledFeatures):  # these backends need the whole standardised matrix
+        x = x.materialize()
     if hasattr(x, "detach"):
         return x.detach().cpu().numpy()
     return np.asarray(x)
@@ -280,12 +301,13 @@ def _to_numpy(x: Any) -> np.ndarray:
 BACKENDS = {"torch": TorchBackend, "sklearn": SklearnBackend, "cuml": CumlBackend}
 
 
-def get_backend(name: str, device: Any = None) -> Backend:
-    """The backend called ``name`` (``torch``, ``sklearn`` or ``cuml``)."""
+def get_backend(name: str, device: Any = None, max_memory: int | str | None = None) -> Backend:
+    """The backend called ``name`` (``torch``, ``sklearn`` or ``cuml``); ``max_memory`` bounds
+    the torch solver's working memory (bytes or text such as ``"4GB"``; None: automatic)."""
     if name not in BACKENDS:
         raise ConfigError(f"--backend {name!r} is unknown; choose one of {', '.join(BACKENDS)}")
     if name == "torch":
-        return TorchBackend(device=device)
+        return TorchBackend(device=device, max_memory=max_memory)
     if name == "cuml":
         _import_cuml()
     return BACKENDS[name]()

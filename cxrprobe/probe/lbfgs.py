@@ -7,13 +7,21 @@ Per iteration all rows share two matrix products with the features -- ``D @ X.T`
 along the step and ``R @ X`` for the gradient -- so the whole grid costs one pass over the data
 per iteration. Each row keeps its own L-BFGS history and line search; finished rows leave the
 batch.
+
+Memory: the only arrays of (problems x rows) kept are the margins at the current point and along
+the step (8 bytes per problem and row). Everything else -- standardised feature blocks,
+residuals, line-search trials -- is computed ``block_rows`` rows at a time, so the backend sizes
+the batch and the blocks from a memory budget (:mod:`cxrprobe.probe.backends`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
+
+from cxrprobe.probe.features import ScaledFeatures
 
 #: Solver status codes.
 CONVERGED, MAX_ITER, STALLED = 0, 1, 2
@@ -30,27 +38,19 @@ Callback = Callable[[int, int], None]
 
 
 def _rowdot(a, b):
-    """Row-wise dot products of two (A, n) tensors, as one batched matrix product."""
+    """Row-wise dot products of two (A, m) tensors, as one batched matrix product."""
     import torch
 
     return torch.bmm(a[:, None, :], b[:, :, None])[:, 0, 0]
 
 
-def _residual(z, s, sy):
-    """``s * (sigmoid(z) - y)`` for every element (``sy = s * y``)."""
+def _residual(z, s, neg_sy, out=None):
+    """``s * (sigmoid(z) - y)`` for every element (``neg_sy = -s * y``), into ``out`` if given
+    (which may be ``z`` itself): one temporary, not three."""
     import torch
 
-    return torch.addcmul(-sy, s, torch.sigmoid(z))
-
-
-def _gradient(x, r, theta, l2):
-    """(A, D+1) gradient of the scaled objective (last column: intercept, unpenalised)."""
-    import torch
-
-    grad = torch.empty_like(theta)
-    grad[:, :-1] = r @ x + l2[:, None].to(theta.dtype) * theta[:, :-1]
-    grad[:, -1] = r.sum(1)
-    return grad
+    sig = torch.sigmoid(z, out=out)
+    return torch.addcmul(neg_sy, s, sig, out=sig)
 
 
 def _precondition(v, basis, inv, inv_b):
@@ -79,14 +79,94 @@ def _direction(grad, hist_s, hist_y, rho, gamma, newest, precond):
     return -q
 
 
-def feature_eigh(x) -> tuple:
-    """Eigenvectors and eigenvalues of ``x'x / n`` (the L-BFGS preconditioner's base)."""
+def feature_eigh(x: Any, block_rows: int | None = None) -> tuple:
+    """Eigenvectors and eigenvalues of ``x'x / n`` (the L-BFGS preconditioner's base).
+
+    ``x`` is a :class:`ScaledFeatures` or an (n, D) standardised tensor; the Gram matrix is
+    accumulated in float64 over blocks of ``block_rows`` rows.
+    """
     import torch
 
-    gram = (x.T @ x).double() / max(x.shape[0], 1)
-    eigvals, basis = torch.linalg.eigh(gram)
+    feats = ScaledFeatures.of(x)
+    gram = torch.zeros(feats.dim, feats.dim, dtype=torch.float64, device=feats.device)
+    for _, block in feats.blocks(block_rows):
+        gram += (block.T @ block).double()
+    eigvals, basis = torch.linalg.eigh(gram / max(feats.n, 1))
     eigvals = eigvals.clamp_min(1e-6 * float(eigvals.max().clamp_min(1e-12)))
-    return basis.to(x.dtype), eigvals.to(x.dtype)
+    return basis.float(), eigvals.float()
+
+
+class _Margins:
+    """The (P, n) margins at the current point (``z``) and along the step (``zd``) of a batch.
+
+    Holds the targets' per-label weights ``s`` and ``-s * y`` (L, n) and gathers each problem's
+    row of them one block of ``rows`` columns at a time; ``keep`` shrinks the batch in place.
+    """
+
+    def __init__(self, feats: ScaledFeatures, s, neg_sy, label_of, rows: int) -> None:
+        import torch
+
+        self.feats, self.s, self.neg_sy, self.label_of = feats, s, neg_sy, label_of
+        self.rows = rows
+        count = int(label_of.numel())
+        self._z = torch.empty(count, feats.n, device=feats.device)
+        self._zd = torch.empty_like(self._z)
+        self.z, self.zd = self._z, self._zd
+
+    def columns(self) -> list[slice]:
+        return [
+            slice(c, min(c + self.rows, self.feats.n)) for c in range(0, self.feats.n, self.rows)
+        ]
+
+    def weights(self, cols: slice, which=None):
+        """``s`` and ``-s * y`` of every problem (or rows ``which``) over columns ``cols``."""
+        labels = self.label_of if which is None else self.label_of[which]
+        return self.s[:, cols][labels], self.neg_sy[:, cols][labels]
+
+    def set_products(self, out, theta) -> None:
+        """``out = theta[:, :-1] @ X.T + theta[:, -1:]``, one feature block at a time."""
+        import torch
+
+        for cols, block in self.feats.blocks(self.rows):
+            out[:, cols] = torch.addmm(theta[:, -1:], theta[:, :-1], block.T)
+
+    def gradient(self, theta, l2):
+        """(P, D+1) gradient of the scaled objective at margins ``z`` (intercept unpenalised)."""
+        import torch
+
+        grad = torch.zeros_like(theta)
+        for cols, block in self.feats.blocks(self.rows):
+            s, neg_sy = self.weights(cols)
+            r = _residual(self.z[:, cols], s, neg_sy)
+            grad[:, :-1] += r @ block
+            grad[:, -1] += r.sum(1)
+        grad[:, :-1] += l2[:, None].to(theta.dtype) * theta[:, :-1]
+        return grad
+
+    def slope_along(self, alpha, which=None):
+        """``sum_i r_i(z + alpha * zd) * zd_i`` per problem (all, or rows ``which``)."""
+        import torch
+
+        out = torch.zeros(len(alpha), device=alpha.device)
+        for cols in self.columns():
+            z, zd = self.z[:, cols], self.zd[:, cols]
+            if which is not None:
+                z, zd = z[which], zd[which]
+            s, neg_sy = self.weights(cols, which)
+            trial = torch.addcmul(z, alpha[:, None], zd)
+            out += _rowdot(_residual(trial, s, neg_sy, out=trial), zd)
+        return out
+
+    def keep(self, mask) -> None:
+        """Keep the problems in ``mask`` (in order), compacting the margins without a copy."""
+        import torch
+
+        index = torch.nonzero(mask).flatten()
+        count = len(index)
+        for cols in self.columns():  # index[i] >= i: gathered blocks move rows up, never over
+            self._z[:count, cols] = self.z[index, cols]
+        self.label_of = self.label_of[index]
+        self.z, self.zd = self._z[:count], self._zd[:count]
 
 
 def lbfgs_logistic(
@@ -102,16 +182,18 @@ def lbfgs_logistic(
     history: int = 10,
     max_ls: int = 20,
     refresh_every: int = 50,
+    block_rows: int | None = None,
     callback: Callback | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Minimise many L2-penalised weighted logistic losses that share one feature matrix.
 
     Parameters
     ----------
-    x : Tensor (n, D) float32 features.
+    x : :class:`ScaledFeatures` (n, D), or an (n, D) float32 tensor of standardised features.
     y, s : Tensor (L, n) targets (0/1) and weights summing to 1 per label (0 = not annotated).
     label_of : Tensor (P,) the label of each problem; l2 : Tensor (P,) penalty strength.
     eig : ``feature_eigh(x)``, computed here when not given.
+    block_rows : rows per block of the feature products and elementwise work (all when None).
 
     Returns
     -------
@@ -130,27 +212,27 @@ def lbfgs_logistic(
     """
     import torch
 
-    n, dim = x.shape
+    feats = ScaledFeatures.of(x)
+    n, dim = feats.shape
     n_prob = int(label_of.numel())
-    dev = x.device
-    basis, eigvals = eig if eig is not None else feature_eigh(x)
+    dev = feats.device
+    basis, eigvals = eig if eig is not None else feature_eigh(feats, block_rows)
     theta_out = np.zeros((n_prob, dim + 1), dtype=np.float32)
     n_iter = np.zeros(n_prob, dtype=np.int64)
     status = np.zeros(n_prob, dtype=np.int8)
 
     ids = torch.arange(n_prob, device=dev)
-    ss = s[label_of]
-    sy = ss * y[label_of]
-    prevalence = sy.sum(1).clamp(1e-6, 1 - 1e-6)
+    sy_label = s * y
+    margins = _Margins(feats, s, -sy_label, label_of, max(1, block_rows or n))
+    prevalence = sy_label.sum(1)[label_of].clamp(1e-6, 1 - 1e-6)
     curvature = prevalence * (1 - prevalence)
     l2f = l2.to(torch.float32)
     inv = 1 / (curvature[:, None] * eigvals[None, :] + l2f[:, None])
     inv_b = 1 / curvature
     theta = torch.zeros(n_prob, dim + 1, device=dev)
     theta[:, -1] = torch.log(prevalence / (1 - prevalence))  # the optimum at w = 0
-    z = theta[:, -1:].expand(n_prob, n).contiguous()
-    r = _residual(z, ss, sy)
-    grad = _gradient(x, r, theta, l2f)
+    margins.z.copy_(theta[:, -1:].expand(n_prob, n))
+    grad = margins.gradient(theta, l2f)
     hist_s = torch.zeros(history, n_prob, dim + 1, device=dev)
     hist_y = torch.zeros_like(hist_s)
     rho = torch.zeros(history, n_prob, device=dev)
@@ -172,9 +254,9 @@ def lbfgs_logistic(
         if (len(ids) - n_running) * 8 >= len(ids):  # retire finished problems, shrink the batch
             retire(~running)
             keep = running
-            ids, ss, sy, l2f, inv, inv_b, theta, z, r, grad, gamma, code, running = (
-                t[keep]
-                for t in (ids, ss, sy, l2f, inv, inv_b, theta, z, r, grad, gamma, code, running)
+            margins.keep(keep)
+            ids, l2f, inv, inv_b, theta, grad, gamma, code, running = (
+                t[keep] for t in (ids, l2f, inv, inv_b, theta, grad, gamma, code, running)
             )
             hist_s, hist_y, rho = hist_s[:, keep], hist_y[:, keep], rho[:, keep]
         if callback is not None:
@@ -194,15 +276,13 @@ def lbfgs_logistic(
         direction[~running] = 0
         slope[~running] = -1
 
-        zd = direction[:, :-1] @ x.T + direction[:, -1:]
+        margins.set_products(margins.zd, direction)
         wd = (theta[:, :-1] * direction[:, :-1]).sum(1)
         dd = (direction[:, :-1] * direction[:, :-1]).sum(1)
         alpha = torch.ones(len(ids), device=dev)
 
         # line search on the directional derivative: accept the first alpha with phi'(alpha) <= 0
-        z_new = torch.addcmul(z, alpha[:, None], zd)
-        r_new = _residual(z_new, ss, sy)
-        dphi = _rowdot(r_new, zd) + l2f * (wd + alpha * dd)
+        dphi = margins.slope_along(alpha) + l2f * (wd + alpha * dd)
         todo = torch.nonzero((dphi > 0) & running).flatten()
         for _ in range(max_ls):
             if len(todo) == 0:
@@ -211,25 +291,21 @@ def lbfgs_logistic(
             a, g1, g0 = alpha[todo], dphi[todo], slope[todo]
             guess = 0.95 * a * g0 / (g0 - g1)
             alpha[todo] = torch.minimum(torch.maximum(guess, 0.1 * a), 0.95 * a)
-            zt = torch.addcmul(z[todo], alpha[todo][:, None], zd[todo])
-            rt = _residual(zt, ss[todo], sy[todo])
-            dphi[todo] = _rowdot(rt, zd[todo]) + l2f[todo] * (wd[todo] + alpha[todo] * dd[todo])
-            z_new[todo], r_new[todo] = zt, rt
+            dphi[todo] = margins.slope_along(alpha[todo], todo) + l2f[todo] * (
+                wd[todo] + alpha[todo] * dd[todo]
+            )
             todo = todo[dphi[todo] > 0]
         stalled = torch.zeros_like(running)
         if len(todo):
             stalled[todo] = True
             alpha[todo] = 0
-            z_new[todo], r_new[todo] = z[todo], r[todo]
 
         step = alpha[:, None] * direction
         theta += step
-        z, r = z_new, r_new
-        del zd, z_new, r_new
+        margins.z.addcmul_(alpha[:, None], margins.zd)
         if (it + 1) % refresh_every == 0:  # recompute the margins exactly now and then
-            z = theta[:, :-1] @ x.T + theta[:, -1:]
-            r = _residual(z, ss, sy)
-        new_grad = _gradient(x, r, theta, l2f)
+            margins.set_products(margins.z, theta)
+        new_grad = margins.gradient(theta, l2f)
         dy = new_grad - grad
         sy_dot = (step * dy).sum(1)
         good = sy_dot > 1e-10 * step.norm(dim=1) * dy.norm(dim=1)

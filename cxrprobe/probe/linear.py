@@ -9,10 +9,10 @@ over the rows annotated for that finding (``c_i`` = 1, or ``pos_weight`` = negat
 for positives with ``class_weight="pos_weight"``). Every backend (``torch``, ``sklearn``,
 ``cuml``) minimises this same objective, so a given ``C`` means the same in all of them.
 
-Targets: 1 and 0 are used; uncertain (-1) rows are masked out of the loss per element unless
-``uncertain`` maps them to 0 or 1 first; NaN (not mentioned) is always masked. Validation and
-test targets always mask -1 (they are what the probe is judged against, whatever the training
-policy).
+Targets come from :mod:`cxrprobe.data.targets`: 1 and 0 are used; uncertain (-1) rows are masked
+out of the loss per element unless ``uncertain`` maps them to 0 or 1 first; NaN (not mentioned)
+is masked unless ``blank="negative"`` makes it 0. Validation and test targets always mask -1 and
+NaN (they are what the probe is judged against, whatever the training policy).
 
 The grid (default DINOv2's ``C`` in ``10**linspace(-6, 5, 45)``) is fitted in one pass (all
 values jointly, see :mod:`cxrprobe.probe.backends`), scored on the validation split by mean
@@ -31,15 +31,22 @@ from typing import Any
 
 import numpy as np
 
+from cxrprobe.data.targets import (
+    class_counts,
+    evaluation_targets,
+    fittable,
+    positive_weights,
+    training_targets,
+)
 from cxrprobe.errors import ConfigError, DataFormatError, InputFileError, WeightsError
 from cxrprobe.probe.backends import CONVERGED, DEFAULT_TOL, GridFit, get_backend
+from cxrprobe.probe.features import ScaledFeatures, Standardizer
 from cxrprobe.provenance import atomic_write_bytes, to_jsonable
 from cxrprobe.stats.auroc import auroc
 
 log = logging.getLogger(__name__)
 
 DEFAULT_GRID = 10.0 ** np.linspace(-6, 5, 45)
-UNCERTAIN_POLICIES = ("ignore", "zero", "one")
 CLASS_WEIGHTS = ("none", "pos_weight")
 SELECTIONS = ("mean", "per-finding")
 WEIGHTS_FORMAT = "cxrprobe.linear-probe"
@@ -47,89 +54,29 @@ WEIGHTS_VERSION = 1
 _SCORE_ELEMENTS = 1 << 25  # rows * columns per chunk of logits
 
 
-# ------------------------------------------------------------------------------- targets
-def _check_labels(labels: np.ndarray) -> np.ndarray:
-    labels = np.asarray(labels, dtype=np.float32)
-    bad = ~np.isnan(labels) & ~np.isin(labels, (-1, 0, 1))
-    if bad.any():
-        row, col = np.argwhere(bad)[0]
-        raise DataFormatError(
-            f"label table row {row}, column {col} is {labels[row, col]!r}; labels must be 1, 0, -1 or NaN"
-        )
-    return labels
-
-
-def training_targets(labels: np.ndarray, uncertain: str = "ignore") -> np.ndarray:
-    """(n, L) 1/0/NaN targets to train on: -1 masked (``ignore``) or mapped to 0 or 1."""
-    if uncertain not in UNCERTAIN_POLICIES:
-        raise ConfigError(
-            f"--uncertain {uncertain!r} is unknown; choose one of {', '.join(UNCERTAIN_POLICIES)}"
-        )
-    targets = _check_labels(labels).copy()
-    targets[targets == -1] = {"ignore": np.nan, "zero": 0.0, "one": 1.0}[uncertain]
-    return targets
-
-
-def evaluation_targets(labels: np.ndarray) -> np.ndarray:
-    """(n, L) 1/0/NaN targets to judge scores against: uncertain (-1) is never a target."""
-    return training_targets(labels, "ignore")
-
-
-def positive_weights(targets: np.ndarray) -> np.ndarray:
-    """(L,) negatives / positives among annotated rows (the study's ``pos_weight``; 1 if undefined)."""
-    pos = np.nansum(targets == 1, axis=0).astype(np.float64)
-    neg = np.nansum(targets == 0, axis=0).astype(np.float64)
-    return np.where((pos > 0) & (neg > 0), neg / np.maximum(pos, 1), 1.0)
-
-
-def fittable(targets: np.ndarray) -> np.ndarray:
-    """(L,) bool: findings with both classes among the annotated training rows."""
-    return np.any(targets == 1, axis=0) & np.any(targets == 0, axis=0)
-
-
-# ------------------------------------------------------------------------ standardisation
-@dataclass
-class Standardizer:
-    """Per-feature mean and standard deviation of the training rows (std 0 → 1)."""
-
-    mean: np.ndarray
-    std: np.ndarray
-
-    @classmethod
-    def fit(cls, x: Any) -> Standardizer:
-        """Statistics of ``x`` (n, D), a tensor (on any device) or an array."""
-        import torch
-
-        x = torch.as_tensor(x)
-        std, mean = torch.std_mean(x.float(), dim=0, correction=0)
-        std = torch.where(std > 0, std, torch.ones_like(std))
-        return cls(mean.cpu().numpy().astype(np.float32), std.cpu().numpy().astype(np.float32))
-
-    def apply(self, x: Any) -> Any:
-        """``(x - mean) / std`` as a float32 tensor on ``x``'s device."""
-        import torch
-
-        x = torch.as_tensor(x)
-        mean = torch.as_tensor(self.mean, device=x.device)
-        std = torch.as_tensor(self.std, device=x.device)
-        return (x.float() - mean) / std
-
-
 # --------------------------------------------------------------------------------- scoring
-def grid_logits(x: Any, coef: np.ndarray, intercept: np.ndarray) -> np.ndarray:
-    """Logits (n, *coef.shape[:-1]) of standardised features ``x`` (n, D), in row chunks."""
+def grid_logits(
+    x: Any,
+    coef: np.ndarray,
+    intercept: np.ndarray,
+    standardizer: Standardizer | None = None,
+) -> np.ndarray:
+    """Logits (n, *coef.shape[:-1]) of features ``x`` (n, D), in row chunks.
+
+    ``x`` is standardised already, or raw with its ``standardizer`` (applied chunk by chunk, so
+    no standardised copy of ``x`` is made).
+    """
     import torch
 
-    x = torch.as_tensor(x)
+    feats = ScaledFeatures([x], standardizer)
     lead = coef.shape[:-1]
-    w = torch.as_tensor(coef.reshape(-1, coef.shape[-1]), device=x.device, dtype=torch.float32)
-    b = torch.as_tensor(intercept.reshape(-1), device=x.device, dtype=torch.float32)
-    out = np.empty((x.shape[0], w.shape[0]), dtype=np.float32)
-    chunk = max(1, _SCORE_ELEMENTS // max(w.shape[0], 1))
-    for start in range(0, x.shape[0], chunk):
-        part = x[start : start + chunk].float()
-        out[start : start + chunk] = torch.addmm(b, part, w.T).cpu().numpy()
-    return out.reshape(x.shape[0], *lead)
+    w = torch.as_tensor(coef.reshape(-1, coef.shape[-1]), device=feats.device, dtype=torch.float32)
+    b = torch.as_tensor(intercept.reshape(-1), device=feats.device, dtype=torch.float32)
+    out = np.empty((feats.n, w.shape[0]), dtype=np.float32)
+    chunk = max(1, _SCORE_ELEMENTS // max(w.shape[0], feats.dim, 1))
+    for rows, part in feats.blocks(chunk):
+        out[rows] = torch.addmm(b, part, w.T).cpu().numpy()
+    return out.reshape(feats.n, *lead)
 
 
 def sigmoid(logits: np.ndarray) -> np.ndarray:
@@ -160,7 +107,7 @@ class LinearProbe:
 
     def logits(self, x: Any) -> np.ndarray:
         """(n, L) logits of raw features ``x`` (n, D) (tensor or array, any device)."""
-        return grid_logits(self.standardizer.apply(x), self.coef, self.intercept)
+        return grid_logits(x, self.coef, self.intercept, self.standardizer)
 
     def predict_proba(self, x: Any) -> np.ndarray:
         """(n, L) probabilities."""
@@ -300,12 +247,17 @@ def _fit_columns(
 
 
 def _validation_auroc(
-    fit: GridFit, x_val: Any, y_val: np.ndarray, columns: np.ndarray, n_labels: int
+    fit: GridFit,
+    x_val: Any,
+    scaler: Standardizer,
+    y_val: np.ndarray,
+    columns: np.ndarray,
+    n_labels: int,
 ) -> np.ndarray:
     """(G, L) validation AUROC of every grid value (NaN for findings that were not fitted)."""
     table = np.full((len(fit.cs), n_labels), np.nan)
     if len(y_val):
-        logits = grid_logits(x_val, fit.coef, fit.intercept)  # (n_val, G, fitted findings)
+        logits = grid_logits(x_val, fit.coef, fit.intercept, scaler)  # (n_val, G, fitted)
         for g in range(len(fit.cs)):
             table[g, columns] = auroc(y_val[:, columns], logits[:, g, :])
     return table
@@ -313,8 +265,8 @@ def _validation_auroc(
 
 def _constant_intercept(targets: np.ndarray) -> float:
     """Logit of the smoothed prevalence ``(positives + 1/2) / (annotated + 1)``."""
-    pos, total = np.sum(targets == 1), np.sum(~np.isnan(targets))
-    return float(np.log((pos + 0.5) / (total - pos + 0.5)))
+    positives, negatives = class_counts(targets)
+    return float(np.log((positives + 0.5) / (negatives + 0.5)))
 
 
 def fit_linear_probe(
@@ -327,9 +279,11 @@ def fit_linear_probe(
     cs: Sequence[float] = DEFAULT_GRID,
     backend: str = "torch",
     device: Any = None,
+    max_memory: int | str | None = None,
     selection: str = "mean",
     class_weight: str = "none",
     uncertain: str = "ignore",
+    blank: str = "missing",
     refit_trainval: bool = False,
     max_iter: int = 1000,
     tol: float = DEFAULT_TOL,
@@ -338,12 +292,14 @@ def fit_linear_probe(
 ) -> tuple[LinearProbe, GridReport]:
     """Fit the grid on the training rows, choose ``C`` on validation, optionally refit on both.
 
-    ``x_*`` are raw (unstandardised) features (n, D) as tensors or arrays; ``labels_*`` (n, L)
-    hold 1/0/-1/NaN. The validation split may be empty only for a one-value grid without refit.
-    Returns the probe and the grid report (validation AUROC of every value).
+    ``x_*`` are raw (unstandardised) features (n, D) as tensors or arrays, used in their own
+    dtype (float16 as stored is fine: they are standardised to float32 block by block);
+    ``labels_*`` (n, L) hold 1/0/-1/NaN. ``max_memory`` bounds the torch solver's working memory
+    on top of the features (bytes or text such as ``"4GB"``; None: automatic, see
+    :func:`~cxrprobe.probe.features.memory_budget`). The validation split may be empty only for
+    a one-value grid without refit. Returns the probe and the grid report (validation AUROC of
+    every value).
     """
-    import torch
-
     if class_weight not in CLASS_WEIGHTS:
         raise ConfigError(
             f"--class-weight {class_weight!r} is unknown; choose one of {', '.join(CLASS_WEIGHTS)}"
@@ -356,25 +312,25 @@ def fit_linear_probe(
         raise ConfigError(
             "the validation split is empty, so the grid cannot be chosen; give --val-split or --val-fraction"
         )
-    solver = get_backend(backend, device)
-    y_train = training_targets(labels_train, uncertain)
+    solver = get_backend(backend, device, max_memory)
+    y_train = training_targets(labels_train, uncertain, blank)
     columns = np.flatnonzero(fittable(y_train))
     if columns.size == 0:
         raise DataFormatError(
             "no finding has both positive and negative training rows; nothing to fit"
         )
+    positives = class_counts(y_train)[0]
     for col in np.flatnonzero(~fittable(y_train)):
-        missing = "positive" if not np.any(y_train[:, col] == 1) else "negative"
+        missing = "positive" if not positives[col] else "negative"
         log.warning(
             "finding %r has no %s training rows: it gets a constant score", findings[col], missing
         )
 
     n_labels = len(findings)
     scaler = Standardizer.fit(x_train)
-    fit = _fit_columns(
-        solver, scaler.apply(x_train), y_train, cs, columns, class_weight, max_iter, tol, callback
-    )
-    val_auroc = _validation_auroc(fit, scaler.apply(x_val), y_val, columns, n_labels)
+    train = ScaledFeatures([x_train], scaler)
+    fit = _fit_columns(solver, train, y_train, cs, columns, class_weight, max_iter, tol, callback)
+    val_auroc = _validation_auroc(fit, x_val, scaler, y_val, columns, n_labels)
     chosen = choose(val_auroc, selection) if len(cs) > 1 else np.zeros(n_labels, dtype=np.int64)
     n_iter = np.zeros((len(cs), n_labels), dtype=np.int64)
     status = np.zeros((len(cs), n_labels), dtype=np.int8)
@@ -383,16 +339,14 @@ def fit_linear_probe(
 
     grid_index, y_fit = chosen, y_train
     if refit_trainval:  # the chosen value(s) again, on train+val with its own standardisation
-        x_first = torch.as_tensor(x_train)
-        x_all = torch.cat([x_first, torch.as_tensor(x_val, device=x_first.device)])
         y_fit = training_targets(
-            np.concatenate([np.asarray(labels_train), np.asarray(labels_val)]), uncertain
+            np.concatenate([np.asarray(labels_train), np.asarray(labels_val)]), uncertain, blank
         )
-        scaler = Standardizer.fit(x_all)
+        scaler = Standardizer.fit(x_train, x_val)
         refit_cs = np.unique(cs[chosen[columns]])
         fit = _fit_columns(
             solver,
-            scaler.apply(x_all),
+            ScaledFeatures([x_train, x_val], scaler),  # the two splits, never concatenated
             y_fit,
             refit_cs,
             columns,
@@ -414,6 +368,7 @@ def fit_linear_probe(
     meta = {
         **dict(metadata or {}),
         "uncertain": uncertain,
+        "blank": blank,
         "class_weight": class_weight,
         "selection": selection,
         "refit_trainval": bool(refit_trainval),

@@ -1,45 +1,56 @@
 """The ``cxrprobe probe`` workflow: embedding store → splits → probe → predictions, weights, summary.
 
-Outputs for ``--out preds.json`` (or ``.npz``), side by side:
-
-``preds.json``                 test-split predictions (probabilities) with provenance
-``preds.weights.safetensors``  linear probe weights + standardisation (``--eval-only`` input)
-``preds.summary.json``         grid table (validation AUROC per value), chosen value, per-finding
-                               validation and test AUROC, split sizes, timings, resolved config
-``preds.run.json``             the command's resolved config and versions (named after the
-                               predictions, so several probes can share one folder)
+What it writes beside ``--out`` (test and validation predictions, weights, summary, run record)
+is listed in :mod:`cxrprobe.probe.outputs`, which writes it.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from cxrprobe.data.finding_sets import resolve_findings
+from cxrprobe.data.targets import BLANK_POLICIES, UNCERTAIN_POLICIES
 from cxrprobe.devices import resolve_device
 from cxrprobe.errors import ConfigError, DataFormatError, StoreMismatchError
-from cxrprobe.probe.backends import DEFAULT_TOL, get_backend
+from cxrprobe.outputs import check_output_location
+from cxrprobe.probe.backends import BACKENDS, DEFAULT_TOL, get_backend
+from cxrprobe.probe.curves import check_curve_options
+from cxrprobe.probe.features import parse_memory
 from cxrprobe.probe.knn import DEFAULT_KS, DEFAULT_TEMPERATURE
 from cxrprobe.probe.linear import (
     CLASS_WEIGHTS,
     DEFAULT_GRID,
     SELECTIONS,
-    UNCERTAIN_POLICIES,
     LinearProbe,
-    evaluation_targets,
+)
+from cxrprobe.probe.outputs import (
+    config_dict,
+    output_paths,
+    store_provenance,
+    training_policies,
+    write_predictions,
+    write_validation,
 )
 from cxrprobe.probe.splits import resolve_splits
 from cxrprobe.probe.summary import knn_grid, linear_grid, mean_or_none, per_finding
 from cxrprobe.progress import Bar, ProgressFactory, show_note, start_bar
-from cxrprobe.provenance import atomic_write_json, now_utc, sha256_file, versions
-from cxrprobe.stats.auroc import auroc
+from cxrprobe.provenance import (
+    atomic_write_json,
+    now_utc,
+    sha256_file,
+    versions,
+    write_run_record,
+)
+from cxrprobe.stats.predictions import SUFFIXES as PREDICTION_SUFFIXES
 
 METHODS = {"linear": "linear-probe", "knn": "knn"}
-BACKEND_NAMES = ("torch", "sklearn", "cuml")
 _IDENTITY_IGNORED = ("dtype", "layers")  # storage details that do not change the features' meaning
+_LOAD_ROWS = 65536  # rows read per call while loading features (bounds the read's temporaries)
 
 
 @dataclass
@@ -57,6 +68,8 @@ class ProbeConfig:
     refit_trainval: bool = False
     class_weight: str = "none"
     uncertain: str = "ignore"
+    blank: str = "missing"  # training targets only; ground truth is the store's labels
+    findings: str | None = None  # a subset spec (finding_sets.resolve_findings); None: all
     train_split: tuple[str, ...] = ("train",)
     val_split: tuple[str, ...] = ("val",)
     test_split: tuple[str, ...] = ("test",)
@@ -67,31 +80,44 @@ class ProbeConfig:
     temperature: float = DEFAULT_TEMPERATURE
     max_iter: int = 1000
     tol: float = DEFAULT_TOL
+    max_memory: str = "auto"  # working memory of the solver / kNN search, on top of the features
     eval_only: Path | None = None
+    allow_leakage: bool = False  # accept a patient in two splits (else LeakageError)
+    train_fractions: tuple[float, ...] | None = None  # a label-efficiency curve (probe.curves)
+    repeats: int = 1  # subsets drawn per training fraction
 
     def check(self) -> None:
         """Raise one ConfigError listing every invalid option."""
         problems = []
         choices = {
             "method": METHODS,
-            "backend": BACKEND_NAMES,
+            "backend": BACKENDS,
             "selection": SELECTIONS,
             "class_weight": CLASS_WEIGHTS,
             "uncertain": UNCERTAIN_POLICIES,
+            "blank": BLANK_POLICIES,
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 problems.append(
                     f"--{name.replace('_', '-')} {getattr(self, name)!r} is not one of {', '.join(allowed)}"
                 )
-        if self.out.suffix.lower() not in (".json", ".npz"):
-            problems.append(f"--out {self.out} must end in .json or .npz (the predictions file)")
+        if self.out.suffix.lower() not in PREDICTION_SUFFIXES:
+            problems.append(
+                f"--out {self.out} must end in .json or .npz (or .parquet / .csv for a long "
+                "table): the predictions file"
+            )
         if self.val_fraction is not None and not 0 < self.val_fraction < 1:
             problems.append(f"--val-fraction must be between 0 and 1, got {self.val_fraction}")
         if not self.grid or any(not np.isfinite(c) or c <= 0 for c in self.grid):
             problems.append("--grid needs positive, finite C values")
         if not self.ks or min(self.ks) < 1:
             problems.append(f"--k needs positive neighbour counts, got {list(self.ks)}")
+        if str(self.max_memory).strip().lower() != "auto":
+            try:
+                parse_memory(self.max_memory)
+            except ConfigError as exc:
+                problems.append(str(exc))
         if self.eval_only is not None and self.method != "linear":
             problems.append(
                 "--eval-only re-scores a linear probe's weights; the kNN probe has none (just rerun it)"
@@ -103,6 +129,11 @@ class ProbeConfig:
                 problems.append(
                     f"--{a}-split and --{b}-split share {sorted(shared)}; splits must not overlap"
                 )
+        problems += check_curve_options(self.train_fractions, self.repeats)
+        if self.train_fractions is not None and self.eval_only is not None:
+            problems.append(
+                "--eval-only re-scores one probe; it cannot draw a --train-fraction curve"
+            )
         if problems:
             raise ConfigError("; ".join(problems))
 
@@ -122,67 +153,27 @@ def parse_grid(text: str) -> tuple[float, ...]:
         ) from exc
 
 
-def output_paths(out: Path) -> dict[str, Path]:
-    """Where a run writes: predictions, weights, summary and run.json."""
-    stem = out.with_suffix("")
-    return {
-        "predictions": out,
-        "weights": stem.with_name(stem.name + ".weights.safetensors"),
-        "summary": stem.with_name(stem.name + ".summary.json"),
-        "run": stem.with_name(stem.name + ".run.json"),
-    }
-
-
 # --------------------------------------------------------------------------------- helpers
 def _load_features(emb: Any, kind: str, rows: np.ndarray, device: Any) -> Any:
+    """Features of ``rows`` on ``device`` in the store's dtype (float16 stays float16: the probe
+    standardises block by block), read ``_LOAD_ROWS`` rows at a time into one tensor."""
     import torch
 
-    x = emb.features(kind, rows=rows, as_="torch", device=device)
-    finite = torch.isfinite(x).all(dim=1)
-    if not bool(finite.all()):
-        row = int(rows[int(torch.nonzero(~finite)[0])])
-        raise DataFormatError(
-            f"{emb.path}: features of row {row} ({emb.ids[row]}) are not finite although the row "
-            "is not marked failed; re-extract the store"
-        )
-    return x
-
-
-def _store_provenance(emb: Any) -> dict[str, Any]:
-    """Which model, weights and manifest the features came from (for the predictions file)."""
-    identity, prov = emb.identity, emb.provenance
-    model = identity.get("model") or {}
-    return {
-        "init": model.get("init"),
-        "weights_sha256": model.get("weights_sha256"),
-        "model": model or identity.get("source"),
-        "dataset": {"manifest": prov.get("manifest"), "manifest_hash": prov.get("manifest_hash")},
-        "store": str(emb.path),
-        "store_identity": identity,
-    }
-
-
-def _write_predictions(emb, rows, scores, columns, findings, provenance, path) -> np.ndarray:
-    """Write the test predictions (targets: -1 and NaN as not annotated); return test AUROC."""
-    from cxrprobe.stats.predictions import Predictions, write_predictions
-
-    targets = evaluation_targets(emb.labels[rows][:, columns]).astype(np.float64)
-    patients = emb.patient_ids[rows]
-    pred = Predictions(
-        labels=list(findings),
-        ids=[str(i) for i in emb.ids[rows]],
-        targets=targets,
-        scores=np.clip(np.asarray(scores, dtype=np.float64), 0.0, 1.0),
-        score_kind="probability",
-        patient_ids=[str(p) for p in patients] if (patients != "").all() else None,
-        provenance=provenance,
+    x = torch.empty(
+        len(rows), emb.feature_dim(kind), dtype=getattr(torch, emb.dtype), device=device
     )
-    write_predictions(pred, path)
-    return auroc(targets, pred.scores)
-
-
-def _config_dict(config: ProbeConfig) -> dict[str, Any]:
-    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(config).items()}
+    for start in range(0, len(rows), _LOAD_ROWS):
+        part = rows[start : start + _LOAD_ROWS]
+        block = torch.from_numpy(emb.features(kind, rows=part, dtype=None))
+        finite = torch.isfinite(block).all(dim=1)
+        if not bool(finite.all()):
+            row = int(part[int(torch.nonzero(~finite)[0])])
+            raise DataFormatError(
+                f"{emb.path}: features of row {row} ({emb.ids[row]}) are not finite although the "
+                "row is not marked failed; re-extract the store"
+            )
+        x[start : start + len(part)] = block
+    return x
 
 
 # ------------------------------------------------------------------------------- workflows
@@ -190,11 +181,28 @@ def run_probe(config: ProbeConfig, progress: ProgressFactory | None = None) -> d
     """Fit (or with ``eval_only`` re-score) a probe on an embedding store and write its outputs.
 
     ``progress(total, desc)`` makes a bar of the linear solver's iterations, a new one per pass
-    (see :mod:`cxrprobe.progress`). Returns the summary that is also written to ``<out>.summary.json``.
+    (see :mod:`cxrprobe.progress`). Returns the summary that is also written to ``<out>.summary.json``;
+    the ``cxrprobe probe`` run record (resolved config and result) goes to ``<out>.run.json``.
     """
+    summary = _run_probe(config, progress)
+    result = (
+        {"curve": summary["curve"]}
+        if config.train_fractions is not None
+        else {"test_mean_auroc": summary["test_mean_auroc"], "chosen": summary.get("chosen")}
+    )
+    write_run_record(
+        output_paths(config.out)["run"],
+        "cxrprobe probe",
+        {**summary["config"], "result": {**result, "outputs": summary["outputs"]}},
+    )
+    return summary
+
+
+def _run_probe(config: ProbeConfig, progress: ProgressFactory | None) -> dict[str, Any]:
     from cxrprobe.cache.embeddings import open_embeddings
 
     config.check()
+    check_output_location(config.out, "file")  # a read-only or mistyped --out fails before the fit
     started = time.perf_counter()
     emb = open_embeddings(config.store)
     device = resolve_device(config.device)
@@ -214,58 +222,94 @@ def run_probe(config: ProbeConfig, progress: ProgressFactory | None = None) -> d
         val_fraction=config.val_fraction,
         seed=config.seed,
         optional=("val",) if nothing_to_choose and not config.refit_trainval else (),
+        allow_leakage=config.allow_leakage,
     )
+    findings, columns = _chosen_findings(config, emb, probe)
     x = {role: _load_features(emb, kind, rows, device) for role, rows in splits.rows.items()}
-    labels = {role: emb.labels[rows] for role, rows in splits.rows.items()}
+    labels = {role: emb.labels[rows][:, columns] for role, rows in splits.rows.items()}
     timings = {"load_s": time.perf_counter() - started}
     base = {
         "method": METHODS[config.method],
-        **_store_provenance(emb),
+        **store_provenance(emb),
         "features": kind,
         "feature_dim": dim,
         "split": splits.names,
         "device": str(device),
         "versions": versions(),
-        "config": _config_dict(replace(config, features=kind)),
+        "config": config_dict(replace(config, features=kind)),
     }
+    if config.train_fractions is not None:  # one fit per (fraction, repeat): probe.curves
+        from cxrprobe.probe.curves import run_curve
+
+        return run_curve(
+            config, emb, splits, x, labels, findings, columns, base, device, progress, started
+        )
     paths = output_paths(config.out)
     if probe is not None:
-        columns = _check_probe_matches(probe, emb, kind, dim, config.eval_only)
-        findings = list(probe.findings)
-        summary, scores, provenance = _rescore(config, probe, x, base)
+        _check_probe_matches(probe, emb, kind, dim, config.eval_only)
+        summary, scores, provenance = _rescore(config, probe, x, base, findings)
     else:
-        columns = np.arange(len(emb.findings))
-        findings = list(emb.findings)
         fit = _fit_linear if config.method == "linear" else _fit_knn
         summary, scores, provenance = fit(
             config, x, labels, findings, device, progress, base, paths
         )
     timings["fit_s"] = time.perf_counter() - started - timings["load_s"]
-    test_auroc = _write_predictions(
+    provenance["time"] = now_utc()
+    test_auroc = write_predictions(
         emb,
         splits.rows["test"],
-        scores,
+        scores["test"],
         columns,
         findings,
-        {**provenance, "time": now_utc()},
+        {**provenance, "scored_split": "test"},
         paths["predictions"],
     )
-    timings["total_s"] = time.perf_counter() - started
-    written = ("predictions", "summary", "run") + (
-        ("weights",) if "probe_weights" in provenance else ()
+    val_rows = splits.rows.get("val", np.empty(0, dtype=np.int64))
+    note = write_validation(
+        emb,
+        val_rows,
+        scores.get("val"),
+        columns,
+        findings,
+        provenance,
+        paths["validation"],
+        in_sample=config.refit_trainval,
     )
+    timings["total_s"] = time.perf_counter() - started
+    written = ("predictions", "summary", "run")
+    written += ("validation",) if paths["validation"].exists() else ()
+    written += ("weights",) if "probe_weights" in provenance else ()
     summary.update(
         findings=findings,
         test_auroc=per_finding(findings, test_auroc),
         test_mean_auroc=mean_or_none(test_auroc),
         splits=splits.table(),
-        notes=splits.notes,
+        notes=splits.notes + ([note] if note else []),
         timings=timings,
         outputs={k: str(paths[k]) for k in written},
     )
     result = {**base, **summary, "time": now_utc()}
     atomic_write_json(paths["summary"], result)
     return result
+
+
+def _chosen_findings(
+    config: ProbeConfig, emb: Any, probe: LinearProbe | None
+) -> tuple[list[str], np.ndarray]:
+    """The findings to fit and score, in the order of the store (or of the ``--eval-only``
+    weights): all, or those ``--findings`` names, and their columns in the store. ConfigError
+    names a finding that is not there."""
+    if probe is None:
+        findings, where = list(emb.findings), f"the store {emb.path}"
+    else:
+        findings, where = list(probe.findings), f"the weights {config.eval_only}"
+    if config.findings is not None:
+        wanted = set(resolve_findings(config.findings, findings, where))
+        findings = [f for f in findings if f in wanted]
+    missing = [f for f in findings if f not in emb.findings]
+    if missing:
+        raise StoreMismatchError(f"{emb.path} lacks the findings {missing} that {where} predict")
+    return findings, np.array([list(emb.findings).index(f) for f in findings], dtype=np.int64)
 
 
 def _feature_kind(config: ProbeConfig, probe: LinearProbe | None) -> str:
@@ -284,10 +328,8 @@ def _comparable(identity: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in identity.items() if k not in _IDENTITY_IGNORED}
 
 
-def _check_probe_matches(
-    probe: LinearProbe, emb: Any, kind: str, dim: int, source: Path
-) -> np.ndarray:
-    """Column of each probe finding in the store; refuses features of another model or width."""
+def _check_probe_matches(probe: LinearProbe, emb: Any, kind: str, dim: int, source: Path) -> None:
+    """Refuses features of another model or width than the weights were fitted on."""
     if probe.coef.shape[1] != dim:
         raise StoreMismatchError(
             f"{source} expects {probe.coef.shape[1]}-d {kind} features but {emb.path} gives {dim}-d"
@@ -299,17 +341,15 @@ def _check_probe_matches(
             f"{source} was fitted on features from another model or preprocessing than {emb.path} "
             f"(identity differs in {', '.join(differ)}); re-score only stores made the same way"
         )
-    missing = [f for f in probe.findings if f not in emb.findings]
-    if missing:
-        raise StoreMismatchError(f"{emb.path} lacks the findings {missing} that {source} predicts")
-    return np.array([emb.findings.index(f) for f in probe.findings], dtype=np.int64)
 
 
-def _rescore(config, probe, x, base):
+def _rescore(config, probe, x, base, findings):
     meta = probe.metadata
-    chosen = {"C": per_finding(probe.findings, probe.cs), "selection": meta.get("selection")}
+    keep = np.array([probe.findings.index(f) for f in findings], dtype=np.int64)
+    chosen = {"C": per_finding(findings, probe.cs[keep]), "selection": meta.get("selection")}
     provenance = {
         **base,
+        **training_policies(meta.get("uncertain"), meta.get("blank", "missing")),
         "backend": meta.get("backend"),
         "chosen": chosen,
         "eval_only": str(config.eval_only),
@@ -317,13 +357,14 @@ def _rescore(config, probe, x, base):
         "fitted": meta,
     }
     summary = {"eval_only": str(config.eval_only), "chosen": chosen, "fitted": meta}
-    return summary, probe.predict_proba(x["test"]), provenance
+    return summary, {"test": probe.predict_proba(x["test"])[:, keep]}, provenance
 
 
 def _fit_linear(config, x, labels, findings, device, progress, base, paths):
     from cxrprobe.probe.linear import fit_linear_probe
 
-    with _GridBar(progress) as callback:
+    iterations = config.max_iter if config.backend == "torch" else None
+    with _GridBar(progress, iterations) as callback:
         probe, report = fit_linear_probe(
             x["train"],
             labels["train"],
@@ -336,9 +377,11 @@ def _fit_linear(config, x, labels, findings, device, progress, base, paths):
             selection=config.selection,
             class_weight=config.class_weight,
             uncertain=config.uncertain,
+            blank=config.blank,
             refit_trainval=config.refit_trainval,
             max_iter=config.max_iter,
             tol=config.tol,
+            max_memory=config.max_memory,
             callback=None if progress is None else callback,
             metadata={k: base[k] for k in ("features", "feature_dim", "store_identity", "split")},
         )
@@ -348,38 +391,49 @@ def _fit_linear(config, x, labels, findings, device, progress, base, paths):
         **linear_grid(report, probe, findings),
         "class_weight": config.class_weight,
         "uncertain": config.uncertain,
+        "blank": config.blank,
     }
     provenance = {
         **base,
+        **training_policies(config.uncertain, config.blank),
         "backend": config.backend,
         "chosen": summary["chosen"],
         "grid": [float(c) for c in report.cs],
         "probe_weights": str(paths["weights"]),
         "probe_weights_sha256": sha256_file(paths["weights"]),
     }
-    return summary, probe.predict_proba(x["test"]), provenance
+    scores = {"test": probe.predict_proba(x["test"])}
+    if len(x["val"]):
+        scores["val"] = probe.predict_proba(x["val"])  # in-sample after --refit-trainval
+    return summary, scores, provenance
 
 
 class _GridBar:
     """The solver's callback ``(iterations or fits done, problems running)`` as progress bars.
 
-    A count that goes back starts a new pass (the train+val refit), so a new bar.
+    A count that goes back starts a new pass (the train+val refit), so a new bar. Its total (for
+    the ETA) is ``iterations`` (an iterative solver's ``max_iter``: a bound, the bar ends early
+    when every problem has converged), else the fits of the pass (done + still to run).
     """
 
-    def __init__(self, progress: ProgressFactory | None) -> None:
-        self.progress, self.count = progress, 0
+    def __init__(self, progress: ProgressFactory | None, iterations: int | None = None) -> None:
+        self.progress, self.iterations, self.count = progress, iterations, 0
         self.bar: Bar | None = None
 
     def __call__(self, done: int, active: int) -> None:
         if self.bar is None or done + 1 < self.count:
             self.close()
-            self.bar, self.count = start_bar(self.progress, None, "fitting grid"), 0
+            total = self.iterations or done + active
+            self.bar, self.count = start_bar(self.progress, total, "fitting grid"), 0
         self.bar.update(done + 1 - self.count)
         self.count = done + 1
         show_note(self.bar, f"active={active}")
 
     def close(self) -> None:
         if self.bar is not None:
+            if self.iterations and hasattr(self.bar, "refresh"):  # converged early: end at 100 %
+                self.bar.total = self.count
+                self.bar.refresh()
             self.bar.close()
             self.bar = None
 
@@ -402,13 +456,17 @@ def _fit_knn(config, x, labels, findings, device, progress, base, paths):
         ks=config.ks,
         temperature=config.temperature,
         uncertain=config.uncertain,
+        blank=config.blank,
         device=device,
+        max_memory=config.max_memory,
     )
-    summary = {**knn_grid(report, findings), "uncertain": config.uncertain}
+    summary = {**knn_grid(report, findings), "uncertain": config.uncertain, "blank": config.blank}
     provenance = {
         **base,
+        **training_policies(config.uncertain, config.blank),
         "backend": "torch",
         "chosen": summary["chosen"],
         "grid": [int(k) for k in report.ks],
     }
-    return summary, scores, provenance
+    scores = {"test": scores, "val": report.val_scores}  # val: None without validation rows
+    return summary, {k: v for k, v in scores.items() if v is not None}, provenance

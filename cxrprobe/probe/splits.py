@@ -3,7 +3,8 @@
 Splits come from the store's ``split`` column, or from a CSV (``image_id,split``) that overrides
 it; a validation split can instead be held out from the training rows by whole patients. Failed
 rows (unreadable images) are excluded and counted; an empty split is an error naming the splits
-present; patients with rows on both sides of the fit/test boundary are reported.
+present; a patient with rows in two roles (train, val, test) is refused as leakage unless
+``allow_leakage`` (then reported in the notes).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from cxrprobe.data.splits import check_patient_leakage
 from cxrprobe.errors import ConfigError, DataFormatError, InputFileError
 
 log = logging.getLogger(__name__)
@@ -97,10 +99,12 @@ def resolve_splits(
     val_fraction: float | None = None,
     seed: int = 0,
     optional: Sequence[str] = (),
+    allow_leakage: bool = False,
 ) -> Splits:
     """Rows of each role in ``names`` (role → split names); roles not in ``optional`` must have rows.
 
     With ``val_fraction`` the ``val`` role is that fraction of the training patients instead.
+    A patient with rows in two roles raises ``LeakageError`` unless ``allow_leakage``.
     """
     assigned, notes = split_assignment(emb, split_csv)
     failed = np.asarray(emb.failed, dtype=bool)
@@ -123,14 +127,35 @@ def resolve_splits(
                 f"--{role}-split {','.join(names[role])}: no usable rows in {emb.path} "
                 f"(splits present: {present}; {excluded[role]} failed rows){hint}"
             )
-    fit_roles = [role for role in ("train", "val") if role in rows]
-    if "test" in names and fit_roles and (emb.patient_ids != "").all():
-        fitting = np.concatenate([rows[role] for role in fit_roles])
-        shared = np.intersect1d(emb.patient_ids[fitting], emb.patient_ids[rows["test"]])
-        if shared.size:
-            notes.append(
-                f"{shared.size} patients have rows in both the fitting and the test splits (leakage)"
-            )
+    notes += _leakage_notes(emb, rows, split_csv, allow_leakage)
     for note in notes:
         log.warning(note)
     return Splits(rows, names, excluded, notes)
+
+
+def _leakage_notes(
+    emb: Any, rows: Mapping[str, np.ndarray], split_csv: Path | None, allow: bool
+) -> list[str]:
+    """Refuse patients with rows in two roles (``LeakageError``, unless ``allow``); the notes say
+    what was allowed, and how many rows could not be checked (no patient id)."""
+    if len(rows) < 2:
+        return []
+    every = np.concatenate(list(rows.values()))
+    roles = np.concatenate([np.full(len(r), role, dtype=object) for role, r in rows.items()])
+    patients = np.asarray(emb.patient_ids, dtype=str)[every]
+    where = f"{emb.path}" + (f" with --split-csv {split_csv}" if split_csv is not None else "")
+    fix = (
+        "Give every patient's images one split: rebuild the manifest with a patient-level split "
+        "(`cxrprobe manifest ... --split random`) or fix the split CSV"
+    )
+    shared = check_patient_leakage(roles, patients, allow=allow, source=where, fix=fix)
+    notes = []
+    if shared:
+        notes.append(
+            f"{len(shared)} patients have rows in more than one of {', '.join(rows)} "
+            "(leakage, allowed by --allow-leakage)"
+        )
+    unknown = int((patients == "").sum())
+    if unknown:
+        notes.append(f"{unknown} rows have no patient id, so leakage could not be checked for them")
+    return notes

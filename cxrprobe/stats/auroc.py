@@ -29,15 +29,56 @@ def as_table(targets: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.nd
     return t, s
 
 
-def midranks(values: np.ndarray) -> np.ndarray:
+def score_order(scores: np.ndarray) -> np.ndarray:
+    """Stable ascending order of each score column, (n, L) int64 (1-D input: one column).
+
+    Sorting dominates the set-up of a comparison, so each model's columns are sorted once and
+    every statistic (AUROC, DeLong, thresholds, calibration bins, resampling plans, each
+    subgroup) takes its rows from this order with :func:`annotated_in_order`.
+
+    Examples
+    --------
+    >>> score_order(np.array([[0.3, 1.0], [0.1, 1.0], [0.2, 0.0]])).T.tolist()
+    [[1, 2, 0], [2, 0, 1]]
+    """
+    s = np.asarray(scores, dtype=np.float64)
+    s = s[:, None] if s.ndim == 1 else s
+    out = np.empty(s.shape[::-1], dtype=np.int64)  # transposed: each column contiguous
+    for col, values in enumerate(np.ascontiguousarray(s.T)):
+        order = np.argsort(values)  # quicksort (~5x faster than a stable sort), then
+        ordered = values[order]  # ties put back in row order
+        tied = ordered[1:] == ordered[:-1]
+        if tied.any():
+            group = np.r_[0, np.cumsum(~tied)]
+            order = np.sort(group * values.size + order) % values.size
+        out[col] = order
+    return out.T
+
+
+def annotated_in_order(
+    target: np.ndarray, order: np.ndarray | None, score: np.ndarray
+) -> np.ndarray:
+    """Rows of one label with a target (not NaN), ascending by score, ties in row order.
+
+    ``order`` is that label's column of :func:`score_order` (computed here when None).
+    """
+    if order is None:
+        order = np.argsort(score, kind="stable")
+    return order[~np.isnan(target[order])]
+
+
+def midranks(values: np.ndarray, order: np.ndarray | None = None) -> np.ndarray:
     """1-based ranks of ``values`` (n,), tied values sharing the mean of their ranks.
+
+    ``order`` may give an ascending order of ``values`` already known (ties in any order).
 
     Examples
     --------
     >>> midranks(np.array([0.3, 0.1, 0.3, 0.2])).tolist()
     [3.5, 1.0, 3.5, 2.0]
     """
-    order = np.argsort(values)  # ties share one rank, so stability is not needed
+    if order is None:
+        order = np.argsort(values)  # ties share one rank, so stability is not needed
     ordered = values[order]
     starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
     ends = np.r_[starts[1:], ordered.size]
@@ -66,7 +107,8 @@ class AurocReport:
         return float(np.mean(self.values[self.defined])) if self.defined.any() else float("nan")
 
 
-def _undefined_reason(n_pos: int, n_neg: int) -> str | None:
+def undefined_reason(n_pos: int, n_neg: int) -> str | None:
+    """Why a label with these class counts has no AUROC; None when it has one."""
     if n_pos and n_neg:
         return None
     if not n_pos and not n_neg:
@@ -75,7 +117,9 @@ def _undefined_reason(n_pos: int, n_neg: int) -> str | None:
     return f"only one class: no {missing} rows among {n_pos + n_neg} annotated"
 
 
-def auroc_report(targets: np.ndarray, scores: np.ndarray) -> AurocReport:
+def auroc_report(
+    targets: np.ndarray, scores: np.ndarray, *, order: np.ndarray | None = None
+) -> AurocReport:
     """AUROC of each label column with per-label counts and reasons for undefined labels.
 
     Parameters
@@ -84,6 +128,8 @@ def auroc_report(targets: np.ndarray, scores: np.ndarray) -> AurocReport:
         1 = positive, 0 = negative, NaN = not annotated (row left out for that label).
     scores : ndarray of the same shape
         Higher means more likely positive; any monotone scale (probabilities or logits).
+    order : ndarray of shape (n, L), optional
+        :func:`score_order` of ``scores``, when already computed.
 
     Returns
     -------
@@ -107,10 +153,13 @@ def auroc_report(targets: np.ndarray, scores: np.ndarray) -> AurocReport:
         annotated = ~np.isnan(t[:, col])
         positive = t[annotated, col] == 1
         n_pos[col], n_neg[col] = positive.sum(), (~positive).sum()
-        reasons.append(_undefined_reason(int(n_pos[col]), int(n_neg[col])))
+        reasons.append(undefined_reason(int(n_pos[col]), int(n_neg[col])))
         if reasons[-1] is None:
-            ranks = midranks(s[annotated, col])
-            u = ranks[positive].sum() - n_pos[col] * (n_pos[col] + 1) / 2.0
+            rows = annotated_in_order(
+                t[:, col], None if order is None else order[:, col], s[:, col]
+            )
+            ranks = midranks(s[rows, col], np.arange(rows.size))
+            u = ranks[t[rows, col] == 1].sum() - n_pos[col] * (n_pos[col] + 1) / 2.0
             values[col] = u / (float(n_pos[col]) * float(n_neg[col]))
     return AurocReport(values, np.array([r is None for r in reasons]), reasons, n_pos, n_neg)
 

@@ -12,16 +12,17 @@ per group of tied scores, the count of each class in and below the group.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from statistics import NormalDist
 
 import numpy as np
-from scipy.special import ndtr, ndtri
 
-from cxrprobe.stats.auroc import as_table
+from cxrprobe.stats.auroc import annotated_in_order, as_table
 
 
 def structural_components(
-    targets: np.ndarray, scores: np.ndarray
+    targets: np.ndarray, scores: np.ndarray, orders: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """AUROCs and DeLong structural components of k models on one label.
 
@@ -31,6 +32,8 @@ def structural_components(
         1 / 0 (rows with NaN must be removed by the caller).
     scores : ndarray of shape (k, n)
         One row per model.
+    orders : ndarray of shape (k, n), optional
+        An ascending order of each model's scores, when already known.
 
     Returns
     -------
@@ -53,15 +56,19 @@ def structural_components(
     v10 = np.empty((scores.shape[0], m))
     v01 = np.empty((scores.shape[0], n))
     for k, row in enumerate(scores):
-        group, pos_below, pos_in, neg_below, neg_in = _tie_groups(row, positive)
+        order = None if orders is None else orders[k]
+        group, pos_below, pos_in, neg_below, neg_in = _tie_groups(row, positive, order)
         v10[k] = (neg_below + 0.5 * neg_in)[group[positive]] / n
         v01[k] = (m - pos_below - 0.5 * pos_in)[group[~positive]] / m
     return v10.mean(axis=1), v10, v01
 
 
-def _tie_groups(values: np.ndarray, positive: np.ndarray) -> tuple[np.ndarray, ...]:
+def _tie_groups(
+    values: np.ndarray, positive: np.ndarray, order: np.ndarray | None = None
+) -> tuple[np.ndarray, ...]:
     """Group of tied values of each row, and per group the positives and negatives below / in it."""
-    order = np.argsort(values)
+    if order is None:
+        order = np.argsort(values)
     ordered = values[order]
     starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
     ends = np.r_[starts[1:], ordered.size]
@@ -78,7 +85,8 @@ class DelongResult:
     """Per-label DeLong comparison of model B against model A (all arrays of shape (L,)).
 
     ``delta`` = AUROC_B - AUROC_A; ``var_a``, ``var_b``, ``cov`` are the DeLong (co)variances;
-    ``p`` is two-sided; ``ci_low``/``ci_high`` bound ``delta``; ``reasons`` explain NaNs.
+    ``p`` is two-sided; ``ci_low``/``ci_high`` bound ``delta``; ``reasons`` explain NaNs and
+    ``notes`` flag degenerate but defined results (zero variance).
     """
 
     auc_a: np.ndarray
@@ -92,14 +100,37 @@ class DelongResult:
     ci_low: np.ndarray
     ci_high: np.ndarray
     reasons: list[str | None]
+    notes: list[str | None]
+
+
+_ZERO_VARIANCE = (
+    "the DeLong variance of the difference is 0 while delta != 0 (both models' structural "
+    "components are constant, e.g. a perfect or a constant score): z = {z}, p = 0, as pROC "
+    "reports; the normal approximation is degenerate here, so read the bootstrap p instead"
+)
 
 
 def _covariance(v10: np.ndarray, v01: np.ndarray) -> np.ndarray:
     return np.cov(v10) / v10.shape[1] + np.cov(v01) / v01.shape[1]
 
 
+def _subset_order(target: np.ndarray, order: np.ndarray | None) -> np.ndarray | None:
+    """Positions, among the annotated rows of a label, in ascending score order (from a
+    :func:`~cxrprobe.stats.auroc.score_order` column of all rows)."""
+    if order is None:
+        return None
+    annotated = ~np.isnan(target)
+    position = np.cumsum(annotated) - 1
+    return position[annotated_in_order(target, order, target)]
+
+
 def delong_test(
-    targets: np.ndarray, scores_a: np.ndarray, scores_b: np.ndarray, alpha: float = 0.05
+    targets: np.ndarray,
+    scores_a: np.ndarray,
+    scores_b: np.ndarray,
+    alpha: float = 0.05,
+    *,
+    orders: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> DelongResult:
     """DeLong's test of AUROC_B - AUROC_A per label, with a (1 - alpha) CI for the difference.
 
@@ -111,13 +142,16 @@ def delong_test(
         The two models' scores on the same rows.
     alpha : float
         CI level is 1 - alpha.
+    orders : pair of ndarray of shape (n, L), optional
+        ``score_order`` of each model's scores, when already computed.
 
     Returns
     -------
     DelongResult
         p = 2 * (1 - Phi(|z|)), z = delta / sqrt(var_a + var_b - 2 cov). Labels with fewer than
         two positives or negatives are NaN with a reason; identical rankings give delta = 0 with
-        zero variance, reported as p = 1.
+        zero variance, reported as p = 1; delta != 0 with zero variance gives z = +-inf and
+        p = 0 (as pROC's ``roc.test``) with a note saying so.
 
     Examples
     --------
@@ -145,7 +179,8 @@ def delong_test(
         )
     }
     reasons: list[str | None] = []
-    z_crit = ndtri(1 - alpha / 2)
+    notes: list[str | None] = [None] * size
+    z_crit = NormalDist().inv_cdf(1 - alpha / 2)
     for col in range(size):
         rows = ~np.isnan(t[:, col])
         y = t[rows, col]
@@ -156,16 +191,22 @@ def delong_test(
             )
             continue
         reasons.append(None)
-        auc, v10, v01 = structural_components(y, np.stack([a[rows, col], b[rows, col]]))
+        sub = None
+        if orders is not None:
+            sub = np.stack([_subset_order(t[:, col], o[:, col]) for o in orders])
+        auc, v10, v01 = structural_components(y, np.stack([a[rows, col], b[rows, col]]), sub)
         cov = _covariance(v10, v01)
         var = cov[0, 0] + cov[1, 1] - 2 * cov[0, 1]
         delta = auc[1] - auc[0]
         se = np.sqrt(max(var, 0.0))
         if se > 0:
             z = delta / se
-            p = 2 * ndtr(-abs(z))
+            p = math.erfc(abs(z) / math.sqrt(2))  # 2 * Phi(-|z|)
+        elif delta == 0:
+            z, p = 0.0, 1.0
         else:
-            z, p = (0.0, 1.0) if delta == 0 else (np.nan, np.nan)
+            z, p = np.copysign(np.inf, delta), 0.0
+            notes[col] = _ZERO_VARIANCE.format(z="+inf" if delta > 0 else "-inf")
         values = dict(
             auc_a=auc[0],
             auc_b=auc[1],
@@ -180,10 +221,12 @@ def delong_test(
         )
         for key, value in values.items():
             out[key][col] = value
-    return DelongResult(**out, reasons=reasons)
+    return DelongResult(**out, reasons=reasons, notes=notes)
 
 
-def jackknife_auroc(targets: np.ndarray, scores: np.ndarray) -> np.ndarray:
+def jackknife_auroc(
+    targets: np.ndarray, scores: np.ndarray, *, order: np.ndarray | None = None
+) -> np.ndarray:
     """Leave-one-row-out AUROC of every label, in O(n log n) from the structural components.
 
     Leaving out positive i gives (U - n·V10_i) / ((m - 1)·n); leaving out negative j gives
@@ -193,6 +236,8 @@ def jackknife_auroc(targets: np.ndarray, scores: np.ndarray) -> np.ndarray:
     Parameters
     ----------
     targets, scores : ndarray of shape (n, L) or (n,)
+    order : ndarray of shape (n, L), optional
+        ``score_order(scores)`` when already computed.
 
     Returns
     -------
@@ -212,7 +257,8 @@ def jackknife_auroc(targets: np.ndarray, scores: np.ndarray) -> np.ndarray:
         m, n = pos.size, neg.size
         if m == 0 or n == 0:
             continue
-        auc, v10, v01 = structural_components(y, s[rows, col][None, :])
+        sub = None if order is None else _subset_order(t[:, col], order[:, col])[None, :]
+        auc, v10, v01 = structural_components(y, s[rows, col][None, :], sub)
         u = auc[0] * m * n
         out[:, col] = auc[0]
         with np.errstate(invalid="ignore", divide="ignore"):

@@ -1,9 +1,17 @@
 """The ``cxrprobe.predictions`` file: one model's scores and the targets they are judged against.
 
 Probes and fine-tuning write it; ``cxrprobe compare`` and ``cxrprobe evaluate`` read it. The same
-content is stored as JSON (readable, ``null`` for targets that were not annotated) or, for large
-test sets, as ``.npz`` (chosen by the file suffix). The reader validates everything a comparison
-relies on and names the file and the problem, so a bad file fails before any statistics run.
+content is stored, by file suffix, as JSON (``null`` for targets that were not annotated, one
+table row per line), ``.npz`` (large test sets), or a long table, ``.parquet`` or ``.csv``
+(one row per image and finding, see :mod:`cxrprobe.stats.tabular`): the form pandas and other
+codebases read and write, so a model from elsewhere can be compared without writing our JSON.
+The reader validates everything a comparison relies on and names the file and the problem, so a
+bad file fails before any statistics run. Optional per-row ``subgroups`` fields (sex, age,
+view, ...) feed ``--by`` (see ``groups``).
+
+``pandas.read_json`` does not read the JSON form: it is one object holding the label list, the
+n x L tables and metadata, not a table; use ``read_predictions(path).to_frame()``, or write
+``.parquet`` / ``.csv`` for other tools.
 """
 
 from __future__ import annotations
@@ -13,17 +21,25 @@ import json
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from cxrprobe.errors import DataFormatError, InputFileError
-from cxrprobe.provenance import atomic_write_bytes, atomic_write_json, to_jsonable
+from cxrprobe.provenance import atomic_write_bytes, atomic_write_text, to_jsonable
+from cxrprobe.stats import tabular
+from cxrprobe.stats.groups import check_fields, field_to_json, field_to_npz
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 FORMAT_NAME = "cxrprobe.predictions"
 FORMAT_VERSION = 1
 SCORE_KINDS = ("probability", "logit")
 _REQUIRED = ("labels", "ids", "targets", "scores", "score_kind")
+_NPZ_SUBGROUP = "subgroup."  # npz array name prefix of a subgroup field
+SUFFIXES = (".json", ".npz", ".parquet", ".csv")
+TABLE_SUFFIXES = tabular.SUFFIXES
 
 
 @dataclass
@@ -32,6 +48,8 @@ class Predictions:
 
     ``targets`` and ``scores`` are (n, L) float arrays; ``score_kind`` says whether scores are
     probabilities or logits (AUROC does not care; thresholds are on the model's own scale).
+    ``subgroups`` maps a field name (sex, age, view, ...) to one value per row; ``source`` names
+    the file it was read from (empty when built in memory), for messages and reports.
     """
 
     labels: list[str]
@@ -41,6 +59,8 @@ class Predictions:
     score_kind: str
     patient_ids: list[str] | None = None
     provenance: dict = field(default_factory=dict)
+    subgroups: dict[str, np.ndarray] = field(default_factory=dict)
+    source: str = ""
 
     @property
     def n_rows(self) -> int:
@@ -57,7 +77,41 @@ class Predictions:
             targets=self.targets[np.ix_(rows, cols)],
             scores=self.scores[np.ix_(rows, cols)],
             patient_ids=None if self.patient_ids is None else [self.patient_ids[r] for r in rows],
+            subgroups={name: values[rows] for name, values in self.subgroups.items()},
         )
+
+    def to_frame(self) -> pd.DataFrame:
+        """The long table: one row per image and finding (``image_id``, ``patient_id``,
+        ``finding``, ``target``, ``score``, ``score_kind``, then the subgroup fields).
+
+        Examples
+        --------
+        >>> p = Predictions(["effusion", "mass"], ["a"], np.array([[1.0, np.nan]]),
+        ...                 np.array([[0.9, 0.2]]), "probability")
+        >>> p.to_frame()[["image_id", "finding", "target", "score"]].values.tolist()
+        [['a', 'effusion', 1.0, 0.9], ['a', 'mass', nan, 0.2]]
+        """
+        return tabular.frame(validate_predictions(self, self.source or "predictions"))
+
+    @classmethod
+    def from_frame(
+        cls,
+        frame: pd.DataFrame,
+        *,
+        score_kind: str | None = None,
+        provenance: dict | None = None,
+        source: str = "data frame",
+    ) -> Predictions:
+        """Predictions from a long table (columns ``image_id``, ``finding``, ``target``,
+        ``score``; optional ``patient_id``, ``score_kind`` and subgroup columns), validated.
+
+        ``score_kind`` overrides the table's; without either, scores are probabilities when
+        all lie in [0, 1], else logits.
+        """
+        fields = tabular.from_frame(frame, source)
+        fields["score_kind"] = score_kind or fields["score_kind"]
+        fields["provenance"] = provenance if provenance is not None else fields["provenance"]
+        return validate_predictions(cls(**fields), source)
 
 
 def _fail(source: str, problem: str) -> DataFormatError:
@@ -75,6 +129,8 @@ def _string_list(value: Any, name: str, source: str, allow_none: bool = False) -
 
 
 def _first_duplicate(values: list[str]) -> tuple[str, int, int] | None:
+    if len(set(values)) == len(values):
+        return None
     seen: dict[str, int] = {}
     for row, value in enumerate(values):
         if value in seen:
@@ -85,7 +141,7 @@ def _first_duplicate(values: list[str]) -> tuple[str, int, int] | None:
 
 def _table(value: Any, name: str, shape: tuple[int, int], source: str) -> np.ndarray:
     try:
-        array = np.array(value, dtype=np.float64)
+        array = np.asarray(value, dtype=np.float64)  # no copy of a float64 array
     except (TypeError, ValueError) as exc:
         raise _fail(source, f"'{name}' is not a table of numbers ({exc})") from None
     if array.shape != shape:
@@ -121,6 +177,7 @@ def validate_predictions(pred: Predictions, source: str = "predictions") -> Pred
         )
     if not isinstance(pred.provenance, dict):
         raise _fail(source, "'provenance' must be an object (a dict)")
+    subgroups = check_fields(pred.subgroups, len(ids), source)
     shape = (len(ids), len(labels))
     targets = _table(pred.targets, "targets", shape, source)
     scores = _table(pred.scores, "scores", shape, source)
@@ -144,7 +201,13 @@ def validate_predictions(pred: Predictions, source: str = "predictions") -> Pred
             f"{scores[r, c]!r}; every score must be {need}",
         )
     return replace(
-        pred, labels=labels, ids=ids, patient_ids=patients, targets=targets, scores=scores
+        pred,
+        labels=labels,
+        ids=ids,
+        patient_ids=patients,
+        targets=targets,
+        scores=scores,
+        subgroups=subgroups,
     )
 
 
@@ -159,11 +222,41 @@ def _payload(pred: Predictions) -> dict[str, Any]:
         "targets": [[None if np.isnan(v) else int(v) for v in row] for row in pred.targets],
         "scores": pred.scores.tolist(),
         "provenance": to_jsonable(pred.provenance),
+        **(
+            {"subgroups": {k: field_to_json(v) for k, v in pred.subgroups.items()}}
+            if pred.subgroups
+            else {}
+        ),
     }
 
 
+def _dump_json(payload: dict[str, Any]) -> str:
+    """JSON with one top-level field per line and one table row per line: compact enough to
+    write and read fast (an indented table puts every number on a line of its own), still
+    readable and diff-friendly."""
+
+    def compact(value: Any) -> str:
+        return json.dumps(value, separators=(",", ":"), allow_nan=False)
+
+    fields = []
+    for key, value in payload.items():
+        if key in ("targets", "scores"):
+            rows = ",\n  ".join(compact(row) for row in value)
+            text = f"[\n  {rows}\n ]" if value else "[]"
+        elif key == "subgroups":  # one field per line
+            items = ",\n  ".join(f"{json.dumps(k)}: {compact(v)}" for k, v in value.items())
+            text = f"{{\n  {items}\n }}"
+        elif key == "provenance":
+            text = json.dumps(value, indent=1, allow_nan=False).replace("\n", "\n ")
+        else:
+            text = compact(value)
+        fields.append(f" {json.dumps(key)}: {text}")
+    return "{\n" + ",\n".join(fields) + "\n}\n"
+
+
 def write_predictions(pred: Predictions, path: str | os.PathLike) -> Path:
-    """Validate ``pred`` and write it atomically as JSON, or as ``.npz`` when the suffix says so.
+    """Validate ``pred`` and write it atomically: JSON, or ``.npz``, ``.parquet`` or ``.csv``
+    when the suffix says so (the last two as a long table, see :mod:`cxrprobe.stats.tabular`).
 
     Examples
     --------
@@ -177,8 +270,11 @@ def write_predictions(pred: Predictions, path: str | os.PathLike) -> Path:
     """
     path = Path(path)
     pred = validate_predictions(pred, str(path))
-    if path.suffix.lower() != ".npz":
-        return atomic_write_json(path, _payload(pred))
+    suffix = path.suffix.lower()
+    if suffix in TABLE_SUFFIXES:
+        return tabular.write_table(pred, path)
+    if suffix != ".npz":
+        return atomic_write_text(path, _dump_json(_payload(pred)))
     buffer = io.BytesIO()
     arrays = {
         "format": np.array(FORMAT_NAME),
@@ -192,6 +288,8 @@ def write_predictions(pred: Predictions, path: str | os.PathLike) -> Path:
     }
     if pred.patient_ids is not None:
         arrays["patient_ids"] = np.array(pred.patient_ids, dtype=str)
+    for name, values in pred.subgroups.items():
+        arrays[_NPZ_SUBGROUP + name] = field_to_npz(values)
     np.savez(buffer, **arrays)
     return atomic_write_bytes(path, buffer.getvalue())
 
@@ -216,22 +314,36 @@ def _load_npz(path: Path) -> dict[str, Any]:
         if key in data:
             data[key] = data[key].item()
     if isinstance(data.get("provenance"), str):
-        data["provenance"] = json.loads(data["provenance"])
+        try:
+            data["provenance"] = json.loads(data["provenance"])
+        except json.JSONDecodeError as exc:
+            raise _fail(
+                str(path),
+                f"'provenance' is not valid JSON ({exc}); rewrite the file with "
+                "cxrprobe.stats.write_predictions",
+            ) from None
+    names = [key for key in data if key.startswith(_NPZ_SUBGROUP)]
+    if names:
+        data["subgroups"] = {key[len(_NPZ_SUBGROUP) :]: data.pop(key) for key in names}
     return data
 
 
 def read_predictions(path: str | os.PathLike) -> Predictions:
-    """Read and validate a predictions file (JSON or ``.npz``).
+    """Read and validate a predictions file (JSON, ``.npz``, ``.parquet`` or ``.csv``).
 
     Raises ``InputFileError`` when the file is missing and ``DataFormatError`` (naming the file and
-    the problem) for an unknown format or version, missing fields, bad shapes, targets outside
-    {0, 1, null}, non-finite scores or duplicate ids.
+    the problem) for an unknown format or version, missing fields or columns, bad shapes, targets
+    outside {0, 1, null}, non-finite scores, duplicate ids, an image without a row for some
+    finding (tables) or malformed subgroup fields.
     """
     path = Path(path)
     if not path.is_file():
         raise InputFileError(f"{path}: predictions file not found; check the path")
-    data = _load_npz(path) if path.suffix.lower() == ".npz" else _load_json(path)
     source = str(path)
+    if path.suffix.lower() in TABLE_SUFFIXES:
+        pred = Predictions(**tabular.read_table(path))
+        return replace(validate_predictions(pred, source), source=source)
+    data = _load_npz(path) if path.suffix.lower() == ".npz" else _load_json(path)
     if data.get("format") != FORMAT_NAME:
         raise _fail(
             source,
@@ -255,91 +367,6 @@ def read_predictions(path: str | os.PathLike) -> Predictions:
         score_kind=data["score_kind"],
         patient_ids=data.get("patient_ids"),
         provenance=data.get("provenance") or {},
+        subgroups=data.get("subgroups"),
     )
-    return validate_predictions(pred, source)
-
-
-def _label_mismatch(a: Predictions, b: Predictions, names: tuple[str, str]) -> str | None:
-    if a.labels == b.labels:
-        return None
-    only_a = [x for x in a.labels if x not in b.labels]
-    only_b = [x for x in b.labels if x not in a.labels]
-    if not only_a and not only_b:
-        return f"{names[0]} and {names[1]} have the same labels in a different order"
-    parts = [
-        f"only in {name}: {', '.join(only)}"
-        for name, only in zip(names, (only_a, only_b), strict=True)
-        if only
-    ]
-    return f"labels differ ({'; '.join(parts)})"
-
-
-def _id_mismatch(a: Predictions, b: Predictions, names: tuple[str, str]) -> str | None:
-    if a.ids == b.ids:
-        return None
-    if len(a.ids) != len(b.ids):
-        return f"{names[0]} has {len(a.ids)} rows and {names[1]} has {len(b.ids)}"
-    row = next(i for i, (x, y) in enumerate(zip(a.ids, b.ids, strict=True)) if x != y)
-    order = " (the same ids in a different order)" if set(a.ids) == set(b.ids) else ""
-    return f"ids first differ at row {row}: '{a.ids[row]}' vs '{b.ids[row]}'{order}"
-
-
-def _check_same_truth(a: Predictions, b: Predictions, names: tuple[str, str]) -> None:
-    differ = ~((a.targets == b.targets) | (np.isnan(a.targets) & np.isnan(b.targets)))
-    if differ.any():
-        r, c = np.argwhere(differ)[0]
-        raise DataFormatError(
-            f"{names[0]} and {names[1]} disagree on the target of id '{a.ids[r]}', label "
-            f"'{a.labels[c]}' ({a.targets[r, c]} vs {b.targets[r, c]}); a paired comparison "
-            "needs the same ground truth, so write both files from the same manifest"
-        )
-    if a.patient_ids is not None and b.patient_ids is not None and a.patient_ids != b.patient_ids:
-        r = next(
-            i for i, (x, y) in enumerate(zip(a.patient_ids, b.patient_ids, strict=True)) if x != y
-        )
-        raise DataFormatError(
-            f"{names[0]} and {names[1]} give id '{a.ids[r]}' different "
-            f"patient ids ('{a.patient_ids[r]}' vs '{b.patient_ids[r]}')"
-        )
-
-
-def pair_predictions(
-    a: Predictions, b: Predictions, *, align: bool = False, names: tuple[str, str] = ("a", "b")
-) -> tuple[Predictions, Predictions, dict[str, Any]]:
-    """Put two models' predictions on the same rows and labels for a paired comparison.
-
-    Without ``align`` the ids and labels must match exactly (same order); otherwise a
-    ``DataFormatError`` says what differs (row counts, the first differing id, missing labels).
-    With ``align`` rows are matched by id and labels by name (in ``a``'s order); rows or labels
-    found in only one file are dropped and counted in the returned summary. Targets of shared
-    rows must agree; patient ids are taken from whichever file has them.
-    """
-    summary: dict[str, Any] = {"aligned": align, "rows_a": a.n_rows, "rows_b": b.n_rows}
-    if not align:
-        for problem in (_label_mismatch(a, b, names), _id_mismatch(a, b, names)):
-            if problem:
-                raise DataFormatError(
-                    f"{problem}; compare needs the same rows and labels, or pass --align to "
-                    "match them by id and name"
-                )
-        summary.update(rows_used=a.n_rows, dropped_a=0, dropped_b=0, labels_dropped=[])
-    else:
-        labels = [x for x in a.labels if x in b.labels]
-        if not labels:
-            raise DataFormatError(f"{names[0]} and {names[1]} share no label; nothing to compare")
-        where_b = {id_: i for i, id_ in enumerate(b.ids)}
-        rows_a = np.array([i for i, id_ in enumerate(a.ids) if id_ in where_b], dtype=np.int64)
-        if rows_a.size == 0:
-            raise DataFormatError(f"{names[0]} and {names[1]} share no id; nothing to compare")
-        rows_b = np.array([where_b[a.ids[i]] for i in rows_a], dtype=np.int64)
-        dropped_labels = sorted(set(a.labels).symmetric_difference(b.labels))
-        a, b = a.select(rows_a, labels), b.select(rows_b, labels)
-        summary.update(
-            rows_used=len(rows_a),
-            dropped_a=summary["rows_a"] - len(rows_a),
-            dropped_b=summary["rows_b"] - len(rows_a),
-            labels_dropped=dropped_labels,
-        )
-    _check_same_truth(a, b, names)
-    patients = a.patient_ids if a.patient_ids is not None else b.patient_ids
-    return replace(a, patient_ids=patients), replace(b, patient_ids=patients), summary
+    return replace(validate_predictions(pred, source), source=source)

@@ -1,98 +1,121 @@
-"""Human views of a report: the terminal table, a markdown table and a forest plot (Agg)."""
+"""Human views of a report: terminal and markdown tables, notes and the verdict.
+
+Works on the report dict as built or as read back from JSON (NaN written as null). Headings say
+which model is A and which is B, and every difference is B - A.
+"""
 
 from __future__ import annotations
 
-import io
-import os
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from cxrprobe.provenance import atomic_write_bytes, atomic_write_json, atomic_write_text
 from cxrprobe.stats.thresholds import METRICS
+from cxrprobe.stats.verdict import format_p, model_label
+
+
+def _missing(value: Any) -> bool:
+    return value is None or np.isnan(value)
 
 
 def _num(value: float | None, signed: bool = False) -> str:
-    if value is None or np.isnan(value):
+    if _missing(value):
         return "n/a"
     return f"{value:+.3f}" if signed else f"{value:.3f}"
 
 
-def _with_ci(value: float, ci: list, signed: bool = False) -> str:
-    if value is None or np.isnan(value):
+def _with_ci(value: float | None, ci: list | None, signed: bool = False) -> str:
+    if _missing(value):
         return "n/a"
+    if not ci or _missing(ci[0]):
+        return _num(value, signed)
     return f"{_num(value, signed)} [{_num(ci[0], signed)}, {_num(ci[1], signed)}]"
 
 
-def format_p(value: float | None, resamples: int | None = None) -> str:
-    """A p-value for tables; a bootstrap p of 0 shows as below 1/B."""
-    if value is None or np.isnan(value):
-        return "n/a"
-    if resamples and value == 0:
-        return f"<{1 / resamples:.2g}"
-    return f"{value:.3f}" if value >= 0.001 else f"{value:.1e}"
+def _level(report: dict[str, Any]) -> str:
+    return f"{100 * (1 - report['bootstrap']['alpha']):g}% CI"
 
 
 def _label_cell(row: dict[str, Any]) -> str:
-    return row["label"] if row.get("reason") is None else f"{row['label']} (undefined)"
+    if row["label"] == "mean":
+        return f"mean ({row['n_labels']} labels)"
+    flags = [
+        flag
+        for flag, on in (
+            ("undefined", row.get("reason") is not None),
+            ("rare", row.get("rare")),
+            ("constant", row.get("constant_scores")),
+        )
+        if on
+    ]
+    return row["label"] + (f" ({', '.join(flags)})" if flags else "")
 
 
-def _prevalence(row: dict[str, Any]) -> str:
-    return f"{row['prevalence']:.3f}" if "prevalence" in row and row["n"] else ""
+def _counts(row: dict[str, Any]) -> str:
+    return f"{row['n_positive']}/{row['n_negative']}" if "n_positive" in row else ""
 
 
-def comparison_table(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
-    """Headers and cells: label, prevalence, AUROC A/B [CI], delta [CI], p boot/FDR/DeLong."""
-    level = f"{100 * (1 - report['bootstrap']['alpha']):g}% CI"
-    b = report["bootstrap"]["resamples"]
+def _fdr_cell(row: dict[str, Any]) -> str:
+    if row["label"] == "mean" or not row.get("in_fdr_family"):
+        return "-"
+    return format_p(row["p_fdr"]) + ("*" if row.get("significant") else "")
+
+
+def comparison_table(report: dict[str, Any], block: dict[str, Any] | None = None) -> tuple:
+    """Headers and cells of a comparison (the whole report, or one subgroup's ``block``)."""
+    block = block or report
+    level, b = _level(report), report["bootstrap"]["resamples"]
     headers = [
         "label",
-        "prevalence",
+        "pos/neg",
         f"AUROC A [{level}]",
         f"AUROC B [{level}]",
-        f"delta B-A [{level}]",
-        "p boot",
+        f"delta B - A [{level}]",
+        "p boot (2-sided)",
         "p FDR",
         "p DeLong",
+        "study p (1-sided)",
     ]
     cells = []
-    for row in [*report["labels"], report["mean"]]:
+    for row in [*block["labels"], block["mean"]]:
+        mean = row["label"] == "mean"
         cells.append(
             [
-                _label_cell(row) if row["label"] != "mean" else f"mean ({row['n_labels']} labels)",
-                _prevalence(row),
+                _label_cell(row),
+                _counts(row),
                 _with_ci(row["auroc_a"], row["auroc_a_ci"]),
                 _with_ci(row["auroc_b"], row["auroc_b_ci"]),
                 _with_ci(row["delta"], row["delta_ci"], signed=True),
-                format_p(row["p_bootstrap"], b),
-                format_p(row.get("p_fdr"), b) if row["label"] != "mean" else "-",
-                format_p(row.get("p_delong")) if row["label"] != "mean" else "-",
+                format_p(row["p_bootstrap"]) + ("*" if mean and row.get("significant") else ""),
+                _fdr_cell(row),
+                "-" if mean else format_p(row.get("p_delong")),
+                format_p(row["p_study_one_sided"], b),
             ]
         )
     return headers, cells
 
 
-def evaluation_table(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
-    """Headers and cells: label, prevalence, AUROC [CI], threshold and metrics [CI]."""
-    thresholds = {e["label"]: e for e in report["thresholds"]["labels"]}
-    headers = ["label", "prevalence", "AUROC [CI]", "threshold", *METRICS]
+def evaluation_table(report: dict[str, Any], block: dict[str, Any] | None = None) -> tuple:
+    """Headers and cells: label, positives/negatives, AUROC [CI], threshold and metrics [CI]."""
+    block = block or report
+    thresholds = {e["label"]: e for e in block["thresholds"]["labels"]}
+    headers = ["label", "pos/neg", f"AUROC [{_level(report)}]", "threshold", *METRICS]
     cells = []
-    for row in report["labels"]:
+    for row in block["labels"]:
         entry = thresholds[row["label"]]
         cells.append(
             [
                 _label_cell(row),
-                _prevalence(row),
+                _counts(row),
                 _with_ci(row["auroc"], row["auroc_ci"]),
                 _num(entry["threshold"]),
                 *(_with_ci(entry[m], entry[f"{m}_ci"]) for m in METRICS),
             ]
         )
-    mean, summary = report["mean"], report["thresholds"]["mean"]
+    mean, summary = block["mean"], block["thresholds"]["mean"]
     cells.append(
         [
-            f"mean ({mean['n_labels']} labels)",
+            _label_cell(mean),
             "",
             _with_ci(mean["auroc"], mean["auroc_ci"]),
             "",
@@ -112,6 +135,63 @@ def threshold_table(block: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     cells.append(
         ["mean", "", *(_with_ci(block["mean"][m], block["mean"][f"{m}_ci"]) for m in METRICS)]
     )
+    return headers, cells
+
+
+def calibration_table(report: dict[str, Any], block: dict[str, Any] | None = None) -> tuple | None:
+    """Brier score and ECE per label and mean (per model, and B - A for a comparison); None
+    when no model has probabilities."""
+    calibration = (block or report)["calibration"]
+    parts = {"": calibration} if report["kind"] == "evaluate" else dict(calibration)
+    if report["kind"] == "compare" and "difference" in parts:
+        parts["B - A"] = parts.pop("difference")
+    parts = {k: v for k, v in parts.items() if v.get("available", True)}
+    if not parts:
+        return None
+    names = {k: (k.upper() if len(k) == 1 else k) for k in parts}
+    headers = ["label"] + [
+        f"{metric} {names[k]}".strip() for metric in ("Brier", "ECE") for k in parts
+    ]
+    rows = zip(*(p["labels"] + [p["mean"]] for p in parts.values()), strict=True)
+    cells = []
+    for entries in rows:
+        label = entries[0]["label"]
+        cell = [f"mean ({entries[0]['n_labels']} labels)" if label == "mean" else label]
+        for metric in ("brier", "ece"):
+            for key, entry in zip(parts, entries, strict=True):
+                cell.append(_with_ci(entry[metric], entry[f"{metric}_ci"], signed=key == "B - A"))
+        cells.append(cell)
+    return headers, cells
+
+
+def subgroup_table(report: dict[str, Any], section: dict[str, Any]) -> tuple:
+    """One ``--by`` field: rows, mean AUROC (or A, B and B - A) per subgroup, gap to reference."""
+    compare = report["kind"] == "compare"
+    gaps = {g["group"]: g["mean"] for g in section["gaps"]}
+    key = "delta_gap" if compare else "auroc_gap"
+    values = ["mean AUROC A", "mean AUROC B", "mean delta B - A"] if compare else ["mean AUROC"]
+    gap = f"{'delta' if compare else 'AUROC'} gap vs {section['reference']}"
+    headers = [section["field"], "rows", "labels", *values, gap]
+    cells = []
+    for group in section["groups"]:
+        cell = [group["name"], str(group["rows"])]
+        if "mean" not in group:
+            cells.append(cell + ["0"] + ["-"] * len(values) + [group.get("reason", "")])
+            continue
+        mean = group["mean"]
+        cell.append(str(mean["n_labels"]))
+        if compare:
+            cell += [
+                _with_ci(mean["auroc_a"], mean["auroc_a_ci"]),
+                _with_ci(mean["auroc_b"], mean["auroc_b_ci"]),
+                _with_ci(mean["delta"], mean["delta_ci"], signed=True),
+            ]
+        else:
+            cell.append(_with_ci(mean["auroc"], mean["auroc_ci"]))
+        g = gaps.get(group["name"])
+        reference = "reference" if group["name"] == section["reference"] else group.get("reason")
+        cell.append(_with_ci(g[key], g[f"{key}_ci"], signed=True) if g else reference or "")
+        cells.append(cell)
     return headers, cells
 
 
@@ -136,8 +216,10 @@ def markdown_table(headers: list[str], cells: list[list[str]]) -> str:
 
 def _notes(report: dict[str, Any]) -> list[str]:
     boot = report["bootstrap"]
-    models = report.get("models", {})
-    lines = [f"{key.upper()} = {info['path']}" for key, info in models.items()]
+    lines = [
+        f"{model_label(report, key)} = {info['path']}"
+        for key, info in report.get("models", {}).items()
+    ]
     lines.append(
         f"{boot['resamples']} bootstrap resamples of {boot['scheme']} (seed "
         f"{boot['seed']}), {boot['ci']} CIs, device {boot['device']}"
@@ -155,108 +237,83 @@ def _notes(report: dict[str, Any]) -> list[str]:
                 )
             )
         lines.append(
-            "p boot: the study's one-sided bootstrap p (share of resamples in which "
-            "the better model does not win); p FDR: Benjamini-Hochberg across labels; "
-            "p DeLong: two-sided"
+            "p boot: two-sided paired bootstrap p, (k + 1) / (B + 1) rule; p FDR: "
+            "Benjamini-Hochberg of p boot across the FDR family (* = significant at alpha "
+            f"{boot['alpha']:g}; '-' = not in the family); p DeLong: two-sided; study p: the "
+            "study's one-sided share, for reproduction only, never used to decide"
         )
-    undefined = [r["label"] + ": " + r["reason"] for r in report["labels"] if r.get("reason")]
-    lines += [f"undefined: {u}" for u in undefined]
+    for row in report["labels"]:
+        if row.get("reason"):
+            lines.append(f"undefined: {row['label']}: {row['reason']}")
+        lines += [f"{row['label']}: {note}" for note in row.get("notes", [])]
+        note = row.get("delong", {}).get("note")
+        if note:
+            lines.append(f"{row['label']}: {note}")
+    calibration = report["calibration"]
+    for key, part in (
+        [("", calibration)] if report["kind"] == "evaluate" else list(calibration.items())
+    ):
+        if not part.get("available", True):
+            lines.append(f"calibration{' of ' + key.upper() if key else ''}: {part['reason']}")
+    lines += [f"WARNING: {w}" for w in report.get("warnings", [])]
     return lines
 
 
+def _table(report: dict[str, Any], block: dict[str, Any] | None = None) -> tuple:
+    make = comparison_table if report["kind"] == "compare" else evaluation_table
+    return make(report, block)
+
+
 def format_report(report: dict[str, Any]) -> str:
-    """The terminal summary: the table, notes and (for comparisons) the verdict."""
-    table = comparison_table if report["kind"] == "compare" else evaluation_table
-    parts = [text_table(*table(report)), "", *_notes(report)]
+    """The terminal summary: the table, calibration, subgroups, notes and the verdict."""
+    parts = [text_table(*_table(report))]
+    calibration = calibration_table(report)
+    if calibration:
+        parts += ["", "Calibration (Brier score, ECE):", text_table(*calibration)]
+    for section in report.get("subgroups", []):
+        parts += [
+            "",
+            f"Subgroups by {section['by']}:",
+            text_table(*subgroup_table(report, section)),
+        ]
+    parts += ["", *_notes(report)]
     if report["kind"] == "compare":
         parts += ["", report["verdict"]]
     return "\n".join(parts)
 
 
 def markdown_report(report: dict[str, Any]) -> str:
-    """Markdown: the main table, notes, verdict and (for comparisons) each model's thresholds."""
-    table = comparison_table if report["kind"] == "compare" else evaluation_table
-    parts = [markdown_table(*table(report)), "", *(f"- {n}" for n in _notes(report))]
+    """Markdown: the main table, notes, verdict, thresholds, calibration and every subgroup."""
+    parts = [markdown_table(*_table(report)), "", *(f"- {n}" for n in _notes(report))]
     if report["kind"] == "compare":
         parts += ["", f"**{report['verdict']}**"]
         for key in ("a", "b"):
             block = report["thresholds"][key]
             parts += [
                 "",
-                f"Threshold metrics of {key.upper()} (chosen on {block['chosen_on']}):",
+                f"Threshold metrics of {model_label(report, key)} (chosen on "
+                f"{block['chosen_on']}):",
                 "",
                 markdown_table(*threshold_table(block)),
             ]
     else:
         parts += ["", f"Thresholds chosen on {report['thresholds']['chosen_on']}."]
+    calibration = calibration_table(report)
+    if calibration:
+        parts += ["", "Calibration (Brier score, ECE):", "", markdown_table(*calibration)]
+    for section in report.get("subgroups", []):
+        parts += [
+            "",
+            f"## Subgroups by {section['by']}",
+            "",
+            markdown_table(*subgroup_table(report, section)),
+        ]
+        for group in section["groups"]:
+            if "labels" in group:
+                parts += [
+                    "",
+                    f"### {section['field']} = {group['name']} ({group['rows']} rows)",
+                    "",
+                    markdown_table(*_table(report, group)),
+                ]
     return "\n".join(parts) + "\n"
-
-
-def _model_names(report: dict[str, Any]) -> tuple[str, str]:
-    """Short names of models A and B: the study's cell names, else the files' names."""
-    cells, models = report.get("cells", {}), report.get("models", {})
-    return tuple(
-        cells.get(key) or Path(models.get(key, {}).get("path", key)).name for key in ("a", "b")
-    )
-
-
-def forest_plot(report: dict[str, Any], path: str | os.PathLike) -> Path:
-    """Write a forest plot of AUROC B - A per label and for the mean, with CIs (format by suffix).
-
-    Filled markers: significant after FDR (labels) or at alpha (mean). Uses the Agg canvas
-    directly, so no display and no global backend change.
-    """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    alpha = report["bootstrap"]["alpha"]
-    rows = [r for r in report["labels"] if not np.isnan(r["delta"])] + [report["mean"]]
-    ys = np.arange(len(rows))[::-1]
-    fig = Figure(figsize=(7, 1.2 + 0.35 * len(rows)))
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    for y, row in zip(ys, rows, strict=True):
-        p = row["p_bootstrap"] if row["label"] == "mean" else row["p_fdr"]
-        lo, hi = row["delta_ci"]
-        color = "black" if row["label"] == "mean" else "tab:blue"
-        ax.plot([lo, hi], [y, y], color=color, lw=1.5)
-        ax.plot(
-            row["delta"],
-            y,
-            "D" if row["label"] == "mean" else "o",
-            color=color,
-            mfc=color if p < alpha else "white",
-            ms=6,
-        )
-    ax.axvline(0, color="grey", ls="--", lw=0.8)
-    ax.set_yticks(ys, [f"{r['label']}" for r in rows])
-    ax.set_xlabel(f"AUROC B - A ({100 * (1 - alpha):g}% {report['bootstrap']['ci']} CI)")
-    a, b = _model_names(report)
-    ax.set_title(
-        f"B = {b}  vs  A = {a}\nfilled: significant (FDR across labels; mean at alpha)", fontsize=9
-    )
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    path = Path(path)
-    fig.savefig(buffer, format=path.suffix.lstrip(".").lower() or "png", dpi=150)
-    return atomic_write_bytes(path, buffer.getvalue())
-
-
-def write_report_outputs(
-    report: dict[str, Any],
-    *,
-    out: str | os.PathLike | None = None,
-    markdown: str | os.PathLike | None = None,
-    plot: str | os.PathLike | None = None,
-) -> list[Path]:
-    """Write a report's JSON (strict: NaN as null), markdown table and forest plot where asked."""
-    from cxrprobe.stats.report import jsonable
-
-    written = []
-    if out is not None:
-        written.append(atomic_write_json(out, jsonable(report)))
-    if markdown is not None:
-        written.append(atomic_write_text(markdown, markdown_report(report)))
-    if plot is not None:
-        written.append(forest_plot(report, plot))
-    return written

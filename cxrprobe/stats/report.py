@@ -1,105 +1,72 @@
 """Assemble the comparison (two models) and evaluation (one model) reports.
 
-One bootstrap run feeds everything: both models' AUROCs and confusion counts at fixed Youden
-thresholds are evaluated on the same resample counts. The report is a plain dict (written as
-JSON) that records how it was made: seed, resamples, resample scheme, device, CI method, the
-p-value definitions, both files' sha256 and provenance, and package versions.
+One bootstrap run feeds everything: both models' AUROCs, confusion counts at fixed Youden
+thresholds and calibration, overall and in every subgroup, are evaluated on the same resample
+counts. The report is a plain dict (written as JSON) that records how it was made: seed,
+resamples, resample scheme, device, CI method, the p-value and label-family definitions, both
+files' sha256 and provenance, and package versions.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from cxrprobe.devices import resolve_device
 from cxrprobe.errors import ConfigError, DataFormatError
 from cxrprobe.progress import ProgressFactory
-from cxrprobe.provenance import now_utc, sha256_file, to_jsonable, versions
-from cxrprobe.stats.auroc import auroc_report
-from cxrprobe.stats.bootstrap import (
-    AurocStatistic,
-    bca_interval,
-    default_chunk,
-    make_resampler,
-    mean_over_labels,
-    paired_p_values,
-    percentile_interval,
-    run_bootstrap,
-)
-from cxrprobe.stats.delong import delong_test, jackknife_auroc
-from cxrprobe.stats.multiple import benjamini_hochberg
-from cxrprobe.stats.predictions import Predictions, pair_predictions, read_predictions
-from cxrprobe.stats.render import format_p
-from cxrprobe.stats.thresholds import (
-    ConfusionStatistic,
-    threshold_summary,
-    youden_thresholds,
-)
+from cxrprobe.provenance import now_utc, sha256_file, versions
+from cxrprobe.stats.auroc import score_order
+from cxrprobe.stats.blocks import Population, compare_block, evaluate_block, gap_rows
+from cxrprobe.stats.bootstrap import RankStatistic, make_resampler, run_bootstrap
+from cxrprobe.stats.calibration import CalibrationStatistic, reliability_table
+from cxrprobe.stats.engine import default_chunk, make_backend
+from cxrprobe.stats.families import constant_scores
+from cxrprobe.stats.groups import MISSING, SubgroupSpec, parse_by, subgroup_masks
+from cxrprobe.stats.intervals import smallest_p
+from cxrprobe.stats.options import BootstrapOptions
+from cxrprobe.stats.pairing import pair_predictions
+from cxrprobe.stats.predictions import Predictions, read_predictions, validate_predictions
+from cxrprobe.stats.thresholds import youden_thresholds
+from cxrprobe.stats.verdict import verdict, warnings_of
 
 REPORT_FORMAT = "cxrprobe.stats-report"
-REPORT_VERSION = 1
+REPORT_VERSION = 2  # 2: p_bootstrap is two-sided and decides; the study's p is p_study_one_sided
 P_VALUE_DEFINITIONS = {
-    "p_bootstrap": "the study's p-value: the share of bootstrap resamples in which the model "
-    "with the higher AUROC on the full data does not have a strictly higher AUROC (ties count "
-    "as not winning); 1 when the two AUROCs are equal. One-sided in the observed direction.",
-    "p_bootstrap_two_sided": "min(1, 2 * min(share of resamples with delta <= 0, share with "
-    "delta >= 0)), delta = AUROC_B - AUROC_A; reported in the JSON only.",
-    "p_fdr": "Benjamini-Hochberg adjustment of p_bootstrap across the family of labels with a "
-    "defined AUROC; the mean row is a separate summary, not in the family, and is not adjusted.",
-    "p_delong": "two-sided DeLong test (fast algorithm of Sun & Xu 2014), per label only.",
+    "p_bootstrap": "two-sided paired bootstrap p-value, min(1, 2 * (min(k_le, k_ge) + 1) / "
+    "(B' + 1)), k_le / k_ge the resamples with delta <= 0 / >= 0 among the B' where it is "
+    "defined, delta = AUROC_B - AUROC_A. It decides: significant when <= alpha.",
+    "p_fdr": "Benjamini-Hochberg adjustment of p_bootstrap across the FDR family (labels with a "
+    "defined AUROC, non-constant scores and, unless --include-rare, at least min_positives "
+    "positive and negative rows); the mean row is a separate summary and is not adjusted.",
+    "p_study_one_sided": "the study's p-value, kept to reproduce the paper and never used to "
+    "decide: the share of resamples in which the model with the higher AUROC on the full data "
+    "does not have a strictly higher AUROC (ties count as not winning); 1 when the AUROCs are "
+    "equal. One-sided in the observed direction, so it rejects about twice as often as alpha.",
+    "p_delong": "two-sided DeLong test (fast algorithm of Sun & Xu 2014), per label only; "
+    "p_delong_fdr is its Benjamini-Hochberg adjustment over the same FDR family.",
 }
 
 
-@dataclass
-class BootstrapOptions:
-    """How to resample: B, seed, rows or patients, device, CI method and level."""
-
-    resamples: int = 1000
-    seed: int = 0
-    cluster: str = "none"
-    device: str = "auto"
-    ci: str = "percentile"
-    alpha: float = 0.05
-    chunk_size: int | None = None
-
-    def check(self) -> None:
-        if self.cluster not in ("none", "patient"):
-            raise ConfigError(f"--cluster {self.cluster!r} must be 'none' or 'patient'")
-        if self.ci not in ("percentile", "bca"):
-            raise ConfigError(f"--ci {self.ci!r} must be 'percentile' or 'bca'")
-        if self.ci == "bca" and self.cluster == "patient":
-            raise ConfigError(
-                "--ci bca needs a row jackknife and is not available with "
-                "--cluster patient; use --ci percentile"
-            )
-        if not 0 < self.alpha < 1:
-            raise ConfigError(f"--alpha must lie strictly between 0 and 1 (got {self.alpha})")
-
-
-def _resampler(pred: Predictions, options: BootstrapOptions, source: str):
+def _resampler(pred: Predictions, options: BootstrapOptions, sources: list[str]):
     clusters = None
     if options.cluster == "patient":
         if pred.patient_ids is None:
+            lacking = (
+                f"{sources[0]} has none"
+                if len(sources) == 1
+                else f"neither {' nor '.join(sources)} has any"
+            )
             raise ConfigError(
-                f"--cluster patient needs patient ids, but {source} has none; "
+                f"--cluster patient needs patient ids, but {lacking}; "
                 "write predictions with patient_ids or drop --cluster"
             )
         clusters = pred.patient_ids
     return make_resampler(pred.n_rows, options.resamples, options.seed, clusters)
-
-
-def _with_mean(samples: np.ndarray, family: np.ndarray) -> np.ndarray:
-    """Append the mean over family labels as a last column: (k, L) -> (k, L + 1)."""
-    return np.column_stack([samples, mean_over_labels(samples, family)])
-
-
-def _interval(samples, estimate, jackknife, options: BootstrapOptions):
-    if options.ci == "bca":
-        return bca_interval(samples, estimate, jackknife, options.alpha)
-    return percentile_interval(samples, options.alpha)
 
 
 def _validation_for(path: str | None, pred: Predictions) -> tuple[Predictions, str]:
@@ -121,37 +88,194 @@ def _validation_for(path: str | None, pred: Predictions) -> tuple[Predictions, s
     return val.select(np.arange(val.n_rows), pred.labels), f"validation file {path}"
 
 
-def _base_rows(pred: Predictions, report) -> list[dict[str, Any]]:
-    rows = []
-    for col, label in enumerate(pred.labels):
-        n_pos, n_neg = int(report.n_positive[col]), int(report.n_negative[col])
-        rows.append(
-            {
-                "label": label,
-                "n": n_pos + n_neg,
-                "n_positive": n_pos,
-                "prevalence": n_pos / (n_pos + n_neg) if n_pos + n_neg else np.nan,
-                "defined": bool(report.defined[col]),
-                "reason": report.reasons[col],
-            }
-        )
-    return rows
-
-
 def _bootstrap_record(resampler, options: BootstrapOptions) -> dict[str, Any]:
-    device = resolve_device(options.device)
+    engine = make_backend(options.device)
+    kind = "cpu" if engine.name == "numpy" else "cuda"
     record = {
         **resampler.describe(),
-        "device": str(device),
+        "device": str(engine.device),
         "ci": options.ci,
         "alpha": options.alpha,
-        "chunk_size": options.chunk_size or default_chunk(resampler.n_rows, device),
+        "smallest_p": smallest_p(resampler.n_resamples),
+        "chunk_size": options.chunk_size or default_chunk(resampler.n_rows, kind),
     }
-    if device.type == "cuda":
+    if kind == "cuda":
         import torch
 
-        record["device_name"] = torch.cuda.get_device_name(device)
+        record["device_name"] = torch.cuda.get_device_name(engine.device)
     return record
+
+
+def _masked(targets: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+    """Targets with the rows outside ``mask`` not annotated (NaN), label columns contiguous."""
+    if mask is None:
+        return targets
+    out = np.array(targets, order="F")
+    out[~mask] = np.nan
+    return out
+
+
+def _analyse(
+    kind: str,
+    pred: dict[str, Predictions],
+    validation: dict[str, tuple[Predictions, str]],
+    options: BootstrapOptions,
+    by: Sequence[str | SubgroupSpec],
+    progress: ProgressFactory | None,
+) -> dict[str, Any]:
+    """The shared body of compare and evaluate: one bootstrap, the overall block, subgroups."""
+    options.check()
+    sources = [p.source or f"the predictions of {m.upper()}" for m, p in pred.items()]
+    pred = {
+        m: validate_predictions(p, where)
+        for (m, p), where in zip(pred.items(), sources, strict=True)
+    }
+    first = pred["a"]
+    labels, targets = first.labels, np.asfortranarray(first.targets)  # label columns contiguous
+    specs = [spec if isinstance(spec, SubgroupSpec) else parse_by(spec) for spec in by]
+    plan = [(spec, subgroup_masks(first.subgroups, spec, " and ".join(sources))) for spec in specs]
+    masks = [None] + [mask for _, groups in plan for _, mask in groups if mask.any()]
+    resampler = _resampler(first, options, sources)
+    scores = {m: np.asfortranarray(p.scores) for m, p in pred.items()}
+    orders = {m: score_order(s) for m, s in scores.items()}  # every sort, once
+    thresholds = {  # on the evaluated scores themselves unless validation files are given
+        m: youden_thresholds(
+            v[0].targets,
+            v[0].scores,
+            order=orders[m] if np.array_equal(v[0].scores, scores[m]) else None,
+        )
+        for m, v in validation.items()
+    }
+    constant = {m: constant_scores(targets, s) for m, s in scores.items()}
+    statistics: dict[str, Any] = {}
+    for k, mask in enumerate(masks):
+        t = _masked(targets, mask)
+        for m, s in scores.items():
+            statistics[f"rank_{m}@{k}"] = RankStatistic(t, s, thresholds[m][0], order=orders[m])
+            if pred[m].score_kind == "probability":
+                statistics[f"cal_{m}@{k}"] = CalibrationStatistic(
+                    t, s, options.ece_bins, order=orders[m]
+                )
+    boot = run_bootstrap(
+        resampler,
+        statistics,
+        device=options.device,
+        chunk_size=options.chunk_size,
+        progress=progress,
+    )
+    make = compare_block if kind == "compare" else evaluate_block
+
+    def block(k: int) -> tuple[dict[str, Any], Population]:
+        samples = {}
+        for key, value in boot.items():
+            name, population = key.split("@")
+            if population == str(k) and name.startswith("rank_"):
+                samples[f"auc_{name[5:]}"], samples[f"conf_{name[5:]}"] = (
+                    value["auc"],
+                    value["conf"],
+                )
+            elif population == str(k):
+                samples[name] = value
+        t = _masked(targets, masks[k])
+        return make(labels, t, scores, orders, samples, thresholds, constant, options)
+
+    overall, _ = block(0)
+    report: dict[str, Any] = {
+        "format": REPORT_FORMAT,
+        "version": REPORT_VERSION,
+        "kind": kind,
+        "names": {m: Path(p.source).name for m, p in pred.items() if p.source},
+        "bootstrap": _bootstrap_record(resampler, options),
+        "label_families": {
+            "min_positives": options.min_positives,
+            "include_rare": options.include_rare,
+            "rule": "mean: labels with positive and negative rows and non-constant scores; "
+            "rare: fewer than min_positives positive or negative rows; FDR family: the mean's "
+            "labels less the rare ones (unless include_rare)",
+        },
+        **overall,
+        "calibration_method": {
+            "bins": options.ece_bins,
+            "binning": "equal-mass: annotated rows sorted by score (stable), cut into "
+            "min(bins, rows) consecutive groups (numpy.array_split); bins fixed on the full "
+            "data, re-weighted in every resample; percentile intervals",
+        },
+        "reliability": {
+            m: reliability_table(labels, targets, p.scores, options.ece_bins, order=orders[m])
+            for m, p in pred.items()
+            if p.score_kind == "probability"
+        },
+        "subgroups": _subgroups(labels, plan, block, options),
+        "versions": versions(),
+        "time": now_utc(),
+        "options": asdict(options),
+    }
+    chosen_on = {m: v[1] for m, v in validation.items()}
+    if kind == "compare":
+        report["p_values"] = P_VALUE_DEFINITIONS
+        for m in "ab":
+            report["thresholds"][m] = {"chosen_on": chosen_on[m], **report["thresholds"][m]}
+    else:
+        report["thresholds"] = {"chosen_on": chosen_on["a"], **report["thresholds"]}
+    finish(report)
+    return report
+
+
+def _subgroups(
+    labels: list[str],
+    plan: list[tuple[SubgroupSpec, list[tuple[str, np.ndarray]]]],
+    block: Callable[[int], tuple[dict[str, Any], Population]],
+    options: BootstrapOptions,
+) -> list[dict[str, Any]]:
+    """Per ``--by``: every subgroup's block (or why it has none) and gaps to the reference.
+    ``block(k)`` analyses population k (0: all rows; then the non-empty subgroups in order)."""
+    sections, k = [], 0
+    for spec, groups in plan:
+        entries: list[dict[str, Any]] = []
+        analysed: dict[str, Population] = {}
+        for name, mask in groups:
+            entry: dict[str, Any] = {"name": name, "rows": int(mask.sum())}
+            entries.append(entry)
+            if not mask.any():
+                entry["reason"] = "no rows"
+                continue
+            k += 1
+            result, analysed[name] = block(k)
+            entry.update(result)
+            if result["mean"]["n_labels"] == 0:
+                entry["reason"] = (
+                    "no label has both positive and negative rows here (with usable scores): "
+                    "AUROC undefined"
+                )
+        usable = [e for e in entries if e["name"] in analysed and "reason" not in e]
+        preferred = [e for e in usable if e["name"] != MISSING] or usable
+        reference = max(preferred, key=lambda e: e["rows"])["name"] if preferred else None
+        gaps = [
+            {"group": e["name"], "reference": reference}
+            | gap_rows(labels, analysed[e["name"]], analysed[reference], options)
+            for e in usable
+            if e["name"] != reference
+        ]
+        sections.append(
+            {
+                "by": str(spec),
+                "field": spec.field,
+                "reference": reference,
+                "reference_rule": "the subgroup with the most rows (known values first) "
+                "among those with a defined mean AUROC",
+                "groups": entries,
+                "gaps": gaps,
+            }
+        )
+    return sections
+
+
+def finish(report: dict[str, Any]) -> dict[str, Any]:
+    """(Re)compute the warnings and, for comparisons, the verdict (after renaming the models)."""
+    report["warnings"] = warnings_of(report)
+    if report["kind"] == "compare":
+        report["verdict"] = verdict(report)
+    return report
 
 
 def compare_predictions(
@@ -161,102 +285,24 @@ def compare_predictions(
     *,
     validation_a: tuple[Predictions, str] | None = None,
     validation_b: tuple[Predictions, str] | None = None,
+    by: Sequence[str | SubgroupSpec] = (),
     progress: ProgressFactory | None = None,
 ) -> dict[str, Any]:
     """Paired comparison of two models on the same rows (see ``pair_predictions``).
 
     Per label and for the mean over labels: both AUROCs with CIs, the difference B - A with its
-    CI, the bootstrap p-values, BH-FDR across labels and DeLong's test; plus Youden threshold
-    metrics of each model with CIs from the same resamples.
+    CI, the two-sided bootstrap p (which decides), BH-FDR across the label family, DeLong's
+    test and the study's one-sided p; Youden threshold metrics and calibration of each model;
+    and the same per subgroup of every ``by`` field, with AUROC gaps between subgroups.
     """
-    options.check()
-    t, n_labels = a.targets, len(a.labels)
-    rep_a, rep_b = auroc_report(t, a.scores), auroc_report(t, b.scores)
-    family = rep_a.defined
-    resampler = _resampler(a, options, "the predictions")
-    val_a, on_a = validation_a or (a, "evaluated set")
-    val_b, on_b = validation_b or (b, "evaluated set")
-    thr_a = youden_thresholds(val_a.targets, val_a.scores)
-    thr_b = youden_thresholds(val_b.targets, val_b.scores)
-    statistics = {
-        "auc_a": AurocStatistic(t, a.scores),
-        "auc_b": AurocStatistic(t, b.scores),
-        "conf_a": ConfusionStatistic(t, a.scores, thr_a[0]),
-        "conf_b": ConfusionStatistic(t, b.scores, thr_b[0]),
-    }
-    boot = run_bootstrap(
-        resampler,
-        statistics,
-        device=options.device,
-        chunk_size=options.chunk_size,
-        progress=progress,
+    return _analyse(
+        "compare",
+        {"a": a, "b": b},
+        {"a": validation_a or (a, "evaluated set"), "b": validation_b or (b, "evaluated set")},
+        options,
+        by,
+        progress,
     )
-    samples_a, samples_b = _with_mean(boot["auc_a"], family), _with_mean(boot["auc_b"], family)
-    est_a, est_b = np.r_[rep_a.values, rep_a.mean], np.r_[rep_b.values, rep_b.mean]
-    jk_a = jk_b = None
-    if options.ci == "bca":
-        jk_a = _with_mean(jackknife_auroc(t, a.scores), family)
-        jk_b = _with_mean(jackknife_auroc(t, b.scores), family)
-    ci_a = _interval(samples_a, est_a, jk_a, options)
-    ci_b = _interval(samples_b, est_b, jk_b, options)
-    deltas, delta = samples_b - samples_a, est_b - est_a
-    ci_d = _interval(deltas, delta, None if jk_a is None else jk_b - jk_a, options)
-    p, p_two = paired_p_values(deltas, delta)
-    p_fdr = benjamini_hochberg(np.where(family, p[:n_labels], np.nan))
-    dl = delong_test(t, a.scores, b.scores, options.alpha)
-    dl_fdr = benjamini_hochberg(dl.p)
-    undefined = np.isnan(samples_a).sum(axis=0)
-    rows = _base_rows(a, rep_a) + [{"label": "mean", "n_labels": int(family.sum())}]
-    for k, row in enumerate(rows):
-        row.update(
-            auroc_a=est_a[k],
-            auroc_a_ci=[ci_a[0][k], ci_a[1][k]],
-            auroc_b=est_b[k],
-            auroc_b_ci=[ci_b[0][k], ci_b[1][k]],
-            delta=delta[k],
-            delta_ci=[ci_d[0][k], ci_d[1][k]],
-            p_bootstrap=p[k],
-            p_bootstrap_two_sided=p_two[k],
-            undefined_resamples=int(undefined[k]),
-        )
-        if k < n_labels:
-            row.update(
-                p_fdr=p_fdr[k],
-                p_delong=dl.p[k],
-                p_delong_fdr=dl_fdr[k],
-                delong={
-                    "z": dl.z[k],
-                    "var_a": dl.var_a[k],
-                    "var_b": dl.var_b[k],
-                    "cov": dl.cov[k],
-                    "delta_ci": [dl.ci_low[k], dl.ci_high[k]],
-                    "reason": dl.reasons[k],
-                },
-            )
-    report = {
-        "format": REPORT_FORMAT,
-        "version": REPORT_VERSION,
-        "kind": "compare",
-        "bootstrap": _bootstrap_record(resampler, options),
-        "p_values": P_VALUE_DEFINITIONS,
-        "labels": rows[:-1],
-        "mean": rows[-1],
-        "thresholds": {
-            "a": {
-                "chosen_on": on_a,
-                **threshold_summary(a.labels, t, a.scores, *thr_a, boot["conf_a"], options.alpha),
-            },
-            "b": {
-                "chosen_on": on_b,
-                **threshold_summary(b.labels, t, b.scores, *thr_b, boot["conf_b"], options.alpha),
-            },
-        },
-        "versions": versions(),
-        "time": now_utc(),
-        "options": asdict(options),
-    }
-    report["verdict"] = verdict(report)
-    return report
 
 
 def evaluate_predictions(
@@ -264,53 +310,19 @@ def evaluate_predictions(
     options: BootstrapOptions,
     *,
     validation: tuple[Predictions, str] | None = None,
+    by: Sequence[str | SubgroupSpec] = (),
     progress: ProgressFactory | None = None,
 ) -> dict[str, Any]:
-    """Single-model table: AUROC per label and mean with CIs, and Youden threshold metrics."""
-    options.check()
-    rep = auroc_report(pred.targets, pred.scores)
-    resampler = _resampler(pred, options, "the predictions")
-    val, chosen_on = validation or (pred, "evaluated set")
-    thresholds = youden_thresholds(val.targets, val.scores)
-    boot = run_bootstrap(
-        resampler,
-        {
-            "auc": AurocStatistic(pred.targets, pred.scores),
-            "conf": ConfusionStatistic(pred.targets, pred.scores, thresholds[0]),
-        },
-        device=options.device,
-        chunk_size=options.chunk_size,
-        progress=progress,
+    """Single-model table: AUROC per label and mean with CIs, Youden threshold metrics and
+    calibration; the same per subgroup of every ``by`` field, with AUROC gaps."""
+    return _analyse(
+        "evaluate",
+        {"a": pred},
+        {"a": validation or (pred, "evaluated set")},
+        options,
+        by,
+        progress,
     )
-    samples, estimate = _with_mean(boot["auc"], rep.defined), np.r_[rep.values, rep.mean]
-    jk = None
-    if options.ci == "bca":
-        jk = _with_mean(jackknife_auroc(pred.targets, pred.scores), rep.defined)
-    lo, hi = _interval(samples, estimate, jk, options)
-    rows = _base_rows(pred, rep) + [{"label": "mean", "n_labels": int(rep.defined.sum())}]
-    for k, row in enumerate(rows):
-        row.update(
-            auroc=estimate[k],
-            auroc_ci=[lo[k], hi[k]],
-            undefined_resamples=int(np.isnan(samples[:, k]).sum()),
-        )
-    return {
-        "format": REPORT_FORMAT,
-        "version": REPORT_VERSION,
-        "kind": "evaluate",
-        "bootstrap": _bootstrap_record(resampler, options),
-        "labels": rows[:-1],
-        "mean": rows[-1],
-        "thresholds": {
-            "chosen_on": chosen_on,
-            **threshold_summary(
-                pred.labels, pred.targets, pred.scores, *thresholds, boot["conf"], options.alpha
-            ),
-        },
-        "versions": versions(),
-        "time": now_utc(),
-        "options": asdict(options),
-    }
 
 
 def _file_record(path: str | os.PathLike, pred: Predictions) -> dict[str, Any]:
@@ -320,6 +332,7 @@ def _file_record(path: str | os.PathLike, pred: Predictions) -> dict[str, Any]:
         "rows": pred.n_rows,
         "labels": len(pred.labels),
         "score_kind": pred.score_kind,
+        "subgroup_fields": sorted(pred.subgroups),
         "provenance": pred.provenance,
     }
 
@@ -332,6 +345,7 @@ def compare_files(
     align: bool = False,
     validation_a: str | None = None,
     validation_b: str | None = None,
+    by: Sequence[str | SubgroupSpec] = (),
     progress: ProgressFactory | None = None,
 ) -> dict[str, Any]:
     """Read, pair (or align) and compare two predictions files; the report names both files."""
@@ -346,6 +360,7 @@ def compare_files(
         options,
         validation_a=_validation_for(validation_a, a) if validation_a else None,
         validation_b=_validation_for(validation_b, b) if validation_b else None,
+        by=by,
         progress=progress,
     )
     report["models"] = {"a": _file_record(path_a, raw_a), "b": _file_record(path_b, raw_b)}
@@ -362,6 +377,7 @@ def evaluate_file(
     options: BootstrapOptions,
     *,
     validation: str | None = None,
+    by: Sequence[str | SubgroupSpec] = (),
     progress: ProgressFactory | None = None,
 ) -> dict[str, Any]:
     """Read and evaluate one predictions file."""
@@ -371,6 +387,7 @@ def evaluate_file(
         pred,
         options,
         validation=_validation_for(validation, pred) if validation else None,
+        by=by,
         progress=progress,
     )
     report["models"] = {"a": _file_record(path, pred)}
@@ -378,42 +395,3 @@ def evaluate_file(
         None if validation is None else {"path": str(validation), "sha256": sha256_file(validation)}
     )
     return report
-
-
-def verdict(report: dict[str, Any]) -> str:
-    """One sentence on the mean AUROC difference and how many labels differ after FDR."""
-    mean, alpha = report["mean"], report["bootstrap"]["alpha"]
-    if np.isnan(mean["delta"]):
-        return "No label has a defined AUROC in both files; nothing to compare."
-    lo, hi = mean["delta_ci"]
-    tested = [row for row in report["labels"] if not np.isnan(row["p_fdr"])]
-    hits = sum(row["p_fdr"] < alpha for row in tested)
-    p = format_p(mean["p_bootstrap"], report["bootstrap"]["resamples"])
-    p = p.replace("<", "< ") if p.startswith("<") else f"= {p}"
-    shown = (
-        f"mean AUROC difference B - A = {mean['delta']:+.4f} [{lo:+.4f}, {hi:+.4f}], "
-        f"bootstrap p {p} (alpha {alpha:g})"
-    )
-    labels = f"{hits} of {len(tested)} labels differ after FDR (q < {alpha:g})"
-    if mean["p_bootstrap"] < alpha:
-        better = "B" if mean["delta"] > 0 else "A"
-        caveat = ""
-        if lo <= 0 <= hi:
-            caveat = " (the study's p is one-sided; the two-sided CI of the difference includes 0)"
-        return f"{better} is better: {shown}; {labels}{caveat}."
-    return f"No significant difference: {shown}; {labels}."
-
-
-def jsonable(report: dict[str, Any]) -> Any:
-    """The report with numpy values converted and NaN / inf written as null (strict JSON)."""
-
-    def clean(value: Any) -> Any:
-        if isinstance(value, dict):
-            return {k: clean(v) for k, v in value.items()}
-        if isinstance(value, list):
-            return [clean(v) for v in value]
-        if isinstance(value, float) and not np.isfinite(value):
-            return None
-        return value
-
-    return clean(to_jsonable(report))

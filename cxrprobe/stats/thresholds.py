@@ -9,24 +9,31 @@ fits the threshold to each resample and flatters the metrics.
 from __future__ import annotations
 
 import numpy as np
-import torch
-from sklearn.metrics import roc_curve
 
-from cxrprobe.stats.auroc import as_table
+from cxrprobe.stats.auroc import annotated_in_order, as_table
+from cxrprobe.stats.bootstrap import RankStatistic
+from cxrprobe.stats.intervals import mean_over_labels, percentile_interval
 
 METRICS = ("sensitivity", "specificity", "accuracy", "f1")
 
 
-def youden_thresholds(targets: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, list]:
+def youden_thresholds(
+    targets: np.ndarray, scores: np.ndarray, *, order: np.ndarray | None = None
+) -> tuple[np.ndarray, list]:
     """Per-label threshold maximising Youden's J = sensitivity + specificity - 1.
 
-    A row is predicted positive when its score is >= the threshold. Among equally good
-    thresholds the highest is taken. Labels with one class only get NaN and a reason.
+    A row is predicted positive when its score is >= the threshold. The candidates are the
+    distinct scores and, above them all, "nothing positive" (the next float after the highest
+    score). J is compared exactly, as the integer TP·N − FP·P (P, N: positive and negative
+    rows), so among equally good thresholds the highest is taken whatever the float rounding.
+    Labels with one class only get NaN and a reason.
 
     Parameters
     ----------
     targets, scores : ndarray of shape (n, L) or (n,)
         Targets 1 / 0 / NaN (not annotated, ignored).
+    order : ndarray of shape (n, L), optional
+        ``score_order(scores)`` when already computed.
 
     Returns
     -------
@@ -43,64 +50,45 @@ def youden_thresholds(targets: np.ndarray, scores: np.ndarray) -> tuple[np.ndarr
     thresholds = np.full(t.shape[1], np.nan)
     reasons: list[str | None] = []
     for col in range(t.shape[1]):
-        rows = ~np.isnan(t[:, col])
+        rows = annotated_in_order(t[:, col], None if order is None else order[:, col], s[:, col])
         y = t[rows, col]
         if y.size == 0 or y.min() == y.max():
             reasons.append("only one class among the rows the threshold is chosen on")
             continue
-        fpr, tpr, cuts = roc_curve(y, s[rows, col], drop_intermediate=False)
-        best = cuts[int(np.argmax(tpr - fpr))]
-        thresholds[col] = best if np.isfinite(best) else np.nextafter(s[rows, col].max(), np.inf)
+        thresholds[col] = _youden(y[::-1] == 1, s[rows[::-1], col])
         reasons.append(None)
     return thresholds, reasons
 
 
-class ConfusionStatistic:
+def _youden(hit: np.ndarray, ordered: np.ndarray) -> float:
+    """The highest threshold maximising TP·N − FP·P (integers) over one label's rows, given
+    with descending ``ordered`` scores and their positive flags ``hit``."""
+    hit = hit.astype(np.int64)
+    last = np.r_[ordered[1:] != ordered[:-1], True]  # end of each group of tied scores
+    tp, fp = np.cumsum(hit)[last], np.cumsum(1 - hit)[last]
+    n_pos, n_neg = int(hit.sum()), int(hit.size - hit.sum())
+    j = np.r_[0, tp * n_neg - fp * n_pos]  # first entry: nothing predicted positive
+    best = int(np.argmax(j))  # first maximum = highest threshold, candidates run downwards
+    return float(np.nextafter(ordered[0], np.inf)) if best == 0 else float(ordered[last][best - 1])
+
+
+class ConfusionStatistic(RankStatistic):
     """Weighted confusion counts at fixed thresholds for a chunk of resamples.
 
-    Calling it with :class:`~cxrprobe.stats.bootstrap.Weights` of c resamples returns a
-    (c, 4, L) float64 tensor of TP, FP, FN, TN. Each is a sum of integer counts over a fixed set of
-    rows (TP over predicted-positive positives, FP over predicted-positive negatives, FN and TN
-    by difference from the class totals), so it is exact and costs one gather per set. Labels
-    without a threshold count nothing, and their metrics come out NaN.
+    Calling it with :class:`~cxrprobe.stats.engine.Counts` of c resamples returns a (c, 4, L)
+    float64 array of TP, FP, FN, TN: sums of integer counts over the label's rows at or above
+    (and below) the threshold, read off the same segment sums as the AUROC (see
+    :class:`~cxrprobe.stats.bootstrap.RankStatistic`), so exact. Labels without a threshold
+    count nothing, and their metrics come out NaN.
     """
 
-    def __init__(self, targets: np.ndarray, scores: np.ndarray, thresholds: np.ndarray) -> None:
-        t, s = as_table(targets, scores)
-        self.n_labels = t.shape[1]
-        self._rows: list[tuple | None] = []
-        for col in range(self.n_labels):
-            if np.isnan(thresholds[col]):
-                self._rows.append(None)
-                continue
-            predicted = s[:, col] >= thresholds[col]
-            positive, negative = t[:, col] == 1, t[:, col] == 0
-            sets = (positive & predicted, negative & predicted, positive, ~(positive | negative))
-            self._rows.append(tuple(np.flatnonzero(rows) for rows in sets))
-        self._cache: dict[torch.device, list] = {}
-
-    def __call__(self, weights, map_fn=map) -> torch.Tensor:
-        device = weights.device
-        if device not in self._cache:
-            self._cache[device] = [
-                None if rows is None else tuple(torch.as_tensor(r, device=device) for r in rows)
-                for rows in self._rows
-            ]
-        total = weights.data.sum(dim=weights.row_dim)
-        cells = map_fn(lambda rows: self._cells(weights, rows, total), self._cache[device])
-        return torch.stack(list(cells), dim=2)
-
-    @staticmethod
-    def _cells(weights, rows: tuple | None, total: torch.Tensor) -> torch.Tensor:
-        if rows is None:
-            return torch.zeros((weights.n_resamples, 4), dtype=torch.float64, device=total.device)
-        tp, fp, pos, unannotated = (weights.rows(r).sum(dim=weights.row_dim) for r in rows)
-        neg = total - pos - unannotated
-        return torch.stack([tp, fp, pos - tp, neg - fp], dim=1).to(torch.float64)
+    def __call__(self, counts, map_fn=map):
+        return super().__call__(counts, map_fn)["conf"]
 
 
 def confusion_counts(targets: np.ndarray, scores: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
-    """TP, FP, FN, TN per label on the full data at fixed thresholds: shape (4, L).
+    """TP, FP, FN, TN per label on the full data at fixed thresholds: shape (4, L); all zero for
+    a label without a threshold (NaN), as in :class:`ConfusionStatistic`.
 
     Examples
     --------
@@ -108,12 +96,18 @@ def confusion_counts(targets: np.ndarray, scores: np.ndarray, thresholds: np.nda
     ...                  np.array([0.4]))[:, 0].tolist()
     [2.0, 1.0, 0.0, 1.0]
     """
-    from cxrprobe.stats.bootstrap import Weights
-
-    ones = torch.ones((1, np.shape(targets)[0]), dtype=torch.int64)
-    return ConfusionStatistic(targets, scores, thresholds)(Weights.from_counts(ones, torch.int64))[
-        0
-    ].numpy()
+    t, s = as_table(targets, scores)
+    thresholds = np.asarray(thresholds, dtype=np.float64)
+    predicted = s >= np.where(np.isnan(thresholds), np.inf, thresholds)
+    positive, negative = t == 1, t == 0
+    cells = [
+        positive & predicted,
+        negative & predicted,
+        positive & ~predicted,
+        negative & ~predicted,
+    ]
+    counts = np.stack([c.sum(axis=0) for c in cells]).astype(np.float64)
+    return np.where(np.isnan(thresholds), 0.0, counts)
 
 
 def threshold_metrics(confusion: np.ndarray) -> dict[str, np.ndarray]:
@@ -150,6 +144,7 @@ def threshold_summary(
     reasons: list,
     confusion_samples: np.ndarray,
     alpha: float = 0.05,
+    family: np.ndarray | None = None,
 ) -> dict:
     """Metrics at fixed thresholds per label and averaged over labels, with percentile CIs.
 
@@ -162,11 +157,13 @@ def threshold_summary(
         Chosen once (NaN: no threshold; ``reasons`` says why).
     confusion_samples : ndarray of shape (B, 4, L)
         Resampled confusion counts from :class:`ConfusionStatistic` on the bootstrap counts.
+    family : ndarray of shape (L,) bool, optional
+        Labels that may enter the mean (default: all); those without a threshold never do.
 
     Returns
     -------
     dict with ``labels`` (one dict per label: threshold, each metric and its CI) and ``mean``
-    (each metric averaged over labels with a threshold, per resample for the CI).
+    (each metric averaged over the family labels with a threshold, per resample for the CI).
 
     Examples
     --------
@@ -176,11 +173,9 @@ def threshold_summary(
     >>> out["labels"][0]["f1"], out["labels"][0]["f1_ci"]
     (0.8, [0.8, 0.8])
     """
-    from cxrprobe.stats.bootstrap import mean_over_labels, percentile_interval
-
     observed = threshold_metrics(confusion_counts(targets, scores, thresholds))
     boot = threshold_metrics(confusion_samples)
-    usable = ~np.isnan(thresholds)
+    usable = ~np.isnan(thresholds) & (True if family is None else np.asarray(family, bool))
     rows = [
         {"label": label, "threshold": float(thresholds[col]), "reason": reasons[col]}
         for col, label in enumerate(labels)

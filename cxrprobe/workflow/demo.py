@@ -1,7 +1,8 @@
 """The demo: the whole study workflow on a synthetic dataset, in minutes, with no network.
 
 It generates chest-like radiographs with planted findings, then runs a two-initialisation study on
-them (preprocess → extract → linear probe for both, a short fine-tune of one → compare → report).
+them (preprocess → extract → linear probe for both, with a small label-efficiency curve, a short
+fine-tune of one → compare → report).
 With ``weights_dir`` holding real DINOv2 / ImageNet-21k ViT-B weights it uses them; otherwise it
 builds small randomly initialised ViTs of the same two families and says so.
 """
@@ -40,6 +41,7 @@ WEIGHT_FILES = {
     ),
 }
 TINY_ARCH = {"dinov2": "vit_base_patch14_dinov2", "imagenet": "vit_base_patch16_224"}
+DEMO_CURVE = {"train_fraction": [0.1, 0.3, 1.0], "repeats": 2}  # fraction 1 is fitted once
 
 
 @dataclass(frozen=True)
@@ -112,7 +114,7 @@ def demo_config(
         "synthetic",
         "generic",
         out / "data",
-        {"split": "random", "val_frac": 0.2, "test_frac": 0.3, "seed": seed},
+        {"split": "random", "val_fraction": 0.2, "test_fraction": 0.3, "seed": seed},
     )
     return StudyConfig(
         out=out / "study",
@@ -123,14 +125,18 @@ def demo_config(
         device=device,
         preprocess={"size": models.size, "workers": 2},
         extract={"batch_size": 64},
-        probe={"features": "cls+mean", "grid": [10.0**k for k in range(-4, 3)]},
+        probe={
+            "features": "cls+mean",
+            "grid": [10.0**k for k in range(-4, 3)],
+            **DEMO_CURVE,  # a small label-efficiency curve per init (report_curves.png)
+        },
         finetune={
             "epochs": finetune_epochs,
             "batch_size": 32,
             "lr": 1e-3 if models.size == TINY_SIZE else 1e-5,
             "schedule": "cosine",
             "warmup_epochs": 1,
-            "patience": None,
+            "patience": 0,  # never stop early
         },
         compare={"resamples": resamples},
     )
@@ -169,8 +175,9 @@ def run_demo(
     on_step: Any = None,
 ) -> dict[str, Any]:
     """Generate the synthetic dataset and run the demo study; returns outputs and the main report."""
-    from cxrprobe.workflow.plan import build_plan, run_plan
+    from cxrprobe.workflow.plan import build_plan
     from cxrprobe.workflow.report import write_study_report
+    from cxrprobe.workflow.state import run_plan
 
     out = Path(out)
     models = demo_models(weights_dir, finetune_epochs)

@@ -1,39 +1,66 @@
-"""Turn a study config into ordered steps, and run them, skipping what is already finished.
+"""Turn a study config into ordered steps, each one ``cxrprobe`` command.
 
-Each step calls the same library function as its single command (``manifest``, ``preprocess``,
-``extract``, ``probe``, ``finetune``, ``compare``) and writes to a fixed place under the study's
-``out`` folder. A finished step leaves a record (``.steps/<step>.json``) holding the settings it
-ran with; a later run skips it when the settings are the same and refuses, naming the step, when
-they changed (delete the step's output and record to redo it). Interrupted stores and fine-tunes
-resume through their own resume logic.
+Each step is one ``cxrprobe`` command (``manifest``, ``preprocess``, ``extract``, ``probe``,
+``finetune``, ``compare``) writing to a fixed place under the study's ``out`` folder. Its command
+line is written from the study's values through the command's own click options, parsed back by
+click, and the step runs the command's library call on those parsed parameters, so the printed
+command and the step run the same recipe. A step names the files it reads (``inputs``, and its
+input options' values); :mod:`cxrprobe.workflow.state` records their content with each finished
+step and decides which steps are done, to run, stale (an input changed: redone) or refused
+(settings changed). Interrupted stores and fine-tunes resume through their own resume logic.
 """
 
 from __future__ import annotations
 
-import json
-import shlex
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from cxrprobe.errors import ConfigError
-from cxrprobe.provenance import atomic_write_json, now_utc, to_jsonable
+from cxrprobe.finetuned import CHECKPOINT, RUN_PREFIX
+from cxrprobe.workflow.cells import COMPARISON_MODES, init_pairs, pretraining_order
+from cxrprobe.workflow.commands import command_args, command_line, parse_args
 from cxrprobe.workflow.config import DatasetEntry, InitEntry, StudyConfig
 
+CURVE_KEYS = ("train_fraction", "repeats")  # [probe] keys of the curve steps only
 Progress = Callable[[int | None, str], Any] | None  # (total, desc) -> a tqdm-like bar
+VAL_PREDICTIONS = "val_predictions.json"  # a fine-tune's validation split, beside predictions.json
+Action = Callable[[dict[str, Any], Progress], dict[str, Any]]  # (parsed params, progress)
 
 
 @dataclass
 class Step:
-    """One unit of the study: a stage for one dataset (and init), with its output and settings."""
+    """One unit of the study: one command for one dataset (and init), with its output and settings.
+
+    ``settings`` are the values the study gives the command (by option name), ``args`` the
+    command line they make and ``params`` what click parses from it, which ``run`` uses.
+    ``inputs`` are files the step reads beyond its input options' values (see
+    :func:`cxrprobe.workflow.state.inputs_of`): their content is recorded, and the step is redone
+    when it changes."""
 
     key: str
     stage: str
     output: Path
     settings: dict[str, Any]
-    command: str
-    action: Callable[[Progress], dict[str, Any]] = field(repr=False)
+    args: list[str]
+    params: dict[str, Any] = field(repr=False)
+    action: Action = field(repr=False)
+    inputs: tuple[Path, ...] = ()
+
+    @property
+    def command(self) -> str:
+        """The equivalent single command."""
+        return command_line(self.stage, self.args)
+
+    def run(self, progress: Progress, replace: bool = False) -> dict[str, Any]:
+        """Run the step's library call on its parsed parameters; returns its summary.
+        ``replace``: the old output is stale, so the command's ``--overwrite`` is set (a command
+        without one replaces its output files anyway)."""
+        params = dict(self.params)
+        if replace and "overwrite" in params:
+            params["overwrite"] = True
+        return self.action(params, progress)
 
 
 @dataclass(frozen=True)
@@ -55,6 +82,16 @@ class Paths:
         folder = self.out / ds / init / method
         return folder / "predictions.json"
 
+    def curve(self, ds: str, init: str) -> Path:
+        """The ``--out`` of an init's label-efficiency curve: its points and ``curve.json`` go in
+        the folder ``<init>/curve/``."""
+        return self.out / ds / init / "curve.json"
+
+    def pretraining(self, ds: str, init: str) -> Path:
+        """The test predictions of the run that makes ``init`` (its run folder is the parent;
+        ``_`` cannot start an init name, so no cell shares it)."""
+        return self.out / ds / "_pretrain" / init / "predictions.json"
+
     def comparison(self, ds: str, a: str, b: str) -> Path:
         return self.out / ds / "compare" / f"{b.replace('/', '-')}_vs_{a.replace('/', '-')}.json"
 
@@ -62,331 +99,306 @@ class Paths:
         return self.out / ".steps" / (key.replace("/", "__") + ".json")
 
 
-def _cmd(*parts: Any) -> str:
-    return " ".join(shlex.quote(str(p)) for p in parts if p is not None and p != "")
+def _step(
+    key: str,
+    stage: str,
+    output: Path,
+    values: dict[str, Any],
+    action: Action,
+    inputs: Sequence[Path] = (),
+) -> Step:
+    """A step running ``cxrprobe STAGE`` with ``values`` (by option name; None: not given);
+    ``inputs``: files it reads that no input option names."""
+    values = {k: v for k, v in values.items() if v is not None}
+    args = command_args(stage, values)
+    try:
+        params = parse_args(stage, args)
+    except ConfigError as exc:
+        raise ConfigError(f"step {key}: {exc}") from exc
+    return Step(key, stage, output, values, args, params, action, tuple(inputs))
 
 
-def _opts(options: dict[str, Any]) -> list[str]:
-    """Library options as CLI flags (``val_frac=0.1`` → ``--val-frac 0.1``; True → a bare flag)."""
-    flags: list[str] = []
-    for key, value in options.items():
-        flag = "--" + key.replace("_", "-")
-        if value is True:
-            flags.append(flag)
-        elif value not in (False, None):
-            flags += [flag, json.dumps(value) if isinstance(value, dict) else str(value)]
-    return flags
+@dataclass(frozen=True)
+class Model:
+    """An init as the steps use it: its model options and the files they read beyond them (a
+    pretrained init is ``--init run:RUN_DIR``, reading the run's best checkpoint)."""
 
-
-def _model_flags(init: InitEntry) -> list[str]:
-    return _opts(
-        {"weights": init.weights, "arch": init.arch, "model_kwargs": init.model_kwargs or None}
-    )
+    entry: InitEntry
+    inputs: tuple[Path, ...] = ()
 
 
 def build_plan(config: StudyConfig) -> list[Step]:
-    """Every step of the study in a runnable order (each after the steps it reads)."""
+    """Every step of the study in a runnable order (each after the steps it reads): first the
+    pretraining runs (with their dataset's manifest and image cache), each after the run it
+    starts from, then every dataset's steps. A step two parts of the plan share runs once."""
     paths = Paths(config.out)
-    steps: list[Step] = []
+    steps: dict[str, Step] = {}
+    models = {i.name: Model(i) for i in config.inits if i.pretrain is None}
+    by_name = {i.name: i for i in config.inits}
+    for name in pretraining_order({i.name: i.pretrain for i in config.inits}):
+        init = by_name[name]
+        ds = next(d for d in config.datasets if d.name == init.pretrain.dataset)
+        pretrain = _pretraining_step(config, paths, ds, init, models[init.pretrain.source])
+        for step in [*_data_steps(config, paths, ds), pretrain]:
+            steps.setdefault(step.key, step)
+        run = pretrain.output.parent.resolve()
+        entry = InitEntry(name, f"{RUN_PREFIX}{run}", methods=init.methods)
+        models[name] = Model(entry, (run / CHECKPOINT,))
     for ds in config.datasets:
-        steps += _dataset_steps(config, paths, ds)
-    return steps
+        for step in _dataset_steps(config, paths, ds, models):
+            steps.setdefault(step.key, step)
+    return list(steps.values())
 
 
 def _size(config: StudyConfig) -> int:
     return int(config.preprocess.get("size", 224))
 
 
-def _dataset_steps(config: StudyConfig, paths: Paths, ds: DatasetEntry) -> list[Step]:
+def _data_steps(config: StudyConfig, paths: Paths, ds: DatasetEntry) -> list[Step]:
     manifest, images = paths.manifest(ds.name), paths.images(ds.name, _size(config))
-    steps = [_manifest_step(ds, manifest), _preprocess_step(config, ds, manifest, images)]
+    return [_manifest_step(ds, manifest), _preprocess_step(config, ds, manifest, images)]
+
+
+def _dataset_steps(
+    config: StudyConfig, paths: Paths, ds: DatasetEntry, models: dict[str, Model]
+) -> list[Step]:
+    from cxrprobe.probe.outputs import output_paths
+
+    images = paths.images(ds.name, _size(config))
+    steps = _data_steps(config, paths, ds)
     predictions: dict[str, Path] = {}
+    validation: dict[str, Path] = {}  # each cell's validation-split predictions
     for init in config.inits:
-        methods = config.methods_of(init)
+        if not config.runs(init, ds.name):
+            continue
+        model, methods = models[init.name], config.methods_of(init)
         if "probe" in methods:
             emb = paths.embeddings(ds.name, init.name)
             pred = paths.predictions(ds.name, init.name, "probe")
             steps += [
-                _extract_step(config, ds, init, images, emb),
+                _extract_step(config, ds, model, images, emb),
                 _probe_step(config, ds, init, emb, pred),
             ]
             predictions[f"{init.name}/probe"] = pred
+            validation[f"{init.name}/probe"] = output_paths(pred)["validation"]
+            if "train_fraction" in config.probe:
+                steps.append(_curve_step(config, ds, init, emb, paths.curve(ds.name, init.name)))
         if "finetune" in methods:
             pred = paths.predictions(ds.name, init.name, "finetune")
-            steps.append(_finetune_step(config, ds, init, images, pred))
+            steps.append(_finetune_step(config, ds, model, images, pred))
             predictions[f"{init.name}/finetune"] = pred
-    for a, b in comparisons(config):
-        steps.append(_compare_step(config, ds, a, b, predictions, paths.comparison(ds.name, a, b)))
+            validation[f"{init.name}/finetune"] = pred.with_name(VAL_PREDICTIONS)
+    for a, b in comparisons(config, ds.name):
+        out = paths.comparison(ds.name, a, b)
+        steps.append(_compare_step(config, ds, a, b, predictions, validation, out))
     return steps
 
 
-def comparisons(config: StudyConfig) -> list[tuple[str, str]]:
-    """(A, B) cells compared on every dataset: per method, each init against the reference; then,
-    for every init run both ways, its fine-tune against its probe. Cells not run are left out."""
-    ref = config.reference_init
-    pairs = [
-        (f"{ref.name}/{m}", f"{i.name}/{m}")
+def comparisons(config: StudyConfig, dataset: str | None = None) -> list[tuple[str, str]]:
+    """(A, B) cells compared on ``dataset`` (None: any dataset, exclusions aside): per method,
+    the init pairs of ``config.comparisons`` (see :mod:`cxrprobe.workflow.cells`); then, for
+    ``"reference"`` and ``"all"``, each init's fine-tune against its probe. Cells not run on the
+    dataset are left out."""
+    inits = {i.name: i for i in config.inits}
+
+    def runs(name: str, method: str) -> bool:
+        init = inits[name]
+        return method in config.methods_of(init) and (dataset is None or config.runs(init, dataset))
+
+    pairs = init_pairs(config.comparisons, list(inits), config.reference_init.name)
+    cells = [
+        (f"{a}/{m}", f"{b}/{m}")
         for m in config.methods
-        for i in config.inits
-        if i.name != ref.name and m in config.methods_of(i) and m in config.methods_of(ref)
+        for a, b in pairs
+        if runs(a, m) and runs(b, m)
     ]
-    pairs += [
-        (f"{i.name}/probe", f"{i.name}/finetune")
-        for i in config.inits
-        if set(config.methods_of(i)) == {"probe", "finetune"}
-    ]
-    return pairs
+    if config.comparisons in COMPARISON_MODES:
+        cells += [
+            (f"{name}/probe", f"{name}/finetune")
+            for name in inits
+            if runs(name, "probe") and runs(name, "finetune")
+        ]
+    return cells
 
 
 def _manifest_step(ds: DatasetEntry, out: Path) -> Step:
-    def action(progress: Progress) -> dict[str, Any]:
-        from cxrprobe.data.adapters import get_adapter
-        from cxrprobe.data.manifest import manifest_hash, write_manifest
+    def action(params: dict[str, Any], progress: Progress) -> dict[str, Any]:
+        from cxrprobe.cli.data import build_manifest
+        from cxrprobe.data.manifest import manifest_hash
 
-        df = get_adapter(ds.adapter).build(ds.root, **dict(ds.options))
-        write_manifest(df, out)
+        dataset, root, path = params.pop("dataset"), params.pop("root"), params.pop("out")
+        df, _, _ = build_manifest(dataset, root, path, params)
         return {
             "rows": len(df),
             "patients": int(df["patient_id"].nunique()),
             "manifest_hash": manifest_hash(df),
         }
 
-    settings = {"adapter": ds.adapter, "root": ds.root, "options": ds.options}
-    command = _cmd(
-        "cxrprobe", "manifest", ds.adapter, "--root", ds.root, "-o", out, *_opts(ds.options)
-    )
-    return Step(f"{ds.name}/manifest", "manifest", out, settings, command, action)
-
-
-def _preprocess_config(config: StudyConfig) -> Any:
-    from cxrprobe.data.preprocess import PRESETS, PreprocessConfig
-
-    options = dict(config.preprocess)
-    preset = PRESETS[options.pop("preset", "default")]
-    options.pop("workers", None)
-    return PreprocessConfig.from_dict({**preset.to_dict(), **options})
+    values = {"dataset": ds.adapter, "root": ds.root, "out": out, **ds.options}
+    return _step(f"{ds.name}/manifest", "manifest", out, values, action)
 
 
 def _preprocess_step(config: StudyConfig, ds: DatasetEntry, manifest: Path, out: Path) -> Step:
-    cfg = _preprocess_config(config)
-    workers = config.preprocess.get("workers")
+    def action(params: dict[str, Any], progress: Progress) -> dict[str, Any]:
+        from cxrprobe.cli.images import build_cache
 
-    def action(progress: Progress) -> dict[str, Any]:
-        from cxrprobe.cache.images import build_image_cache
+        return build_cache(params, progress)
 
-        kwargs = {"workers": workers} if workers else {}
-        return build_image_cache(manifest, ds.root, out, cfg, progress=progress, **kwargs)
-
-    settings = {"manifest": manifest, "root": ds.root, "preprocess": cfg.to_dict()}
-    command = _cmd(
-        "cxrprobe",
-        "preprocess",
-        "--manifest",
-        manifest,
-        "--root",
-        ds.root,
-        "--out",
-        out,
-        *_opts({k: v for k, v in config.preprocess.items()}),
-    )
-    return Step(f"{ds.name}/preprocess", "preprocess", out, settings, command, action)
+    values = {"manifest": manifest, "root": ds.root, "out": out, **config.preprocess}
+    return _step(f"{ds.name}/preprocess", "preprocess", out, values, action)
 
 
 def _extract_step(
-    config: StudyConfig, ds: DatasetEntry, init: InitEntry, images: Path, out: Path
+    config: StudyConfig, ds: DatasetEntry, model: Model, images: Path, out: Path
 ) -> Step:
-    options = {"img_size": _size(config), "device": config.device, **config.extract}
+    def action(params: dict[str, Any], progress: Progress) -> dict[str, Any]:
+        from cxrprobe.cli.cache import run_extract
 
-    def action(progress: Progress) -> dict[str, Any]:
-        from cxrprobe.cache.extract import extract_embeddings
+        return run_extract(params, progress)
 
-        return extract_embeddings(
-            out, images=images, progress=progress, **init.model_args(), **options
-        )
-
-    settings = {"images": images, **init.model_args(), **options}
-    flags = _opts({("size" if k == "img_size" else k): v for k, v in options.items()})
-    command = _cmd(
-        "cxrprobe",
-        "extract",
-        "--init",
-        init.init,
-        *_model_flags(init),
-        "--images",
-        images,
-        "--out",
-        out,
-        *flags,
-    )
-    return Step(f"{ds.name}/{init.name}/extract", "extract", out, settings, command, action)
+    values = {
+        **model.entry.model_args(),
+        "images": images,
+        "out": out,
+        "size": _size(config),
+        "device": config.device,
+        **config.extract,
+    }
+    key = f"{ds.name}/{model.entry.name}/extract"
+    return _step(key, "extract", out, values, action, model.inputs)
 
 
 def _probe_step(
     config: StudyConfig, ds: DatasetEntry, init: InitEntry, store: Path, out: Path
 ) -> Step:
-    options = {"device": config.device, "seed": config.seed, **config.probe}
+    def action(params: dict[str, Any], progress: Progress) -> dict[str, Any]:
+        from cxrprobe.cli.probe import probe_config
+        from cxrprobe.probe.run import run_probe
 
-    def action(progress: Progress) -> dict[str, Any]:
-        from cxrprobe.probe.run import ProbeConfig, run_probe
+        return run_probe(probe_config(params), progress=progress)
 
-        return run_probe(
-            ProbeConfig(store=store, out=out, **_probe_kwargs(options)), progress=progress
-        )
+    values = {
+        "store": store,
+        "out": out,
+        "device": config.device,
+        "seed": config.seed,
+        **{k: v for k, v in config.probe.items() if k not in CURVE_KEYS},
+    }
+    return _step(f"{ds.name}/{init.name}/probe", "probe", out, values, action)
 
-    settings = {"store": store, **options}
-    command = _cmd("cxrprobe", "probe", "--store", store, "--out", out, *_opts(options))
-    return Step(f"{ds.name}/{init.name}/probe", "probe", out, settings, command, action)
 
+def _curve_step(
+    config: StudyConfig, ds: DatasetEntry, init: InitEntry, store: Path, out: Path
+) -> Step:
+    """The probe refitted on subsets of the training split (``[probe] train_fraction`` and
+    ``repeats``): points and ``curve.json`` in ``out``'s folder (:mod:`cxrprobe.probe.curves`)."""
+    from cxrprobe.probe.curves import curve_paths
 
-def _probe_kwargs(options: dict[str, Any]) -> dict[str, Any]:
-    """TOML lists → the tuples ``ProbeConfig`` holds."""
-    return {k: tuple(v) if isinstance(v, list) else v for k, v in options.items()}
+    def action(params: dict[str, Any], progress: Progress) -> dict[str, Any]:
+        from cxrprobe.cli.probe import probe_config
+        from cxrprobe.probe.run import run_probe
+
+        return run_probe(probe_config(params), progress=progress)
+
+    values = {"store": store, "out": out, "device": config.device, "seed": config.seed}
+    output = curve_paths(out)["curve"]
+    return _step(
+        f"{ds.name}/{init.name}/curve", "probe", output, {**values, **config.probe}, action
+    )
 
 
 def _finetune_step(
-    config: StudyConfig, ds: DatasetEntry, init: InitEntry, images: Path, pred: Path
+    config: StudyConfig,
+    ds: DatasetEntry,
+    model: Model,
+    images: Path,
+    pred: Path,
+    key: str | None = None,
+    options: dict[str, Any] | None = None,
 ) -> Step:
-    options = {
+    """A fine-tune of ``model`` on ``ds`` into ``pred``'s folder (``options`` replace the
+    study's ``[finetune]`` values); the cell ``ds/init/finetune`` unless ``key`` says otherwise."""
+
+    def action(params: dict[str, Any], progress: Progress) -> dict[str, Any]:
+        from cxrprobe.cli.finetune import run_finetune
+
+        return run_finetune(params, progress).summary
+
+    values = {
+        **model.entry.model_args(),
+        "images": images,
+        "out": pred.parent,
+        "resume": True,
         "size": _size(config),
         "device": config.device,
         "seed": config.seed,
         **config.finetune,
+        **(options or {}),
     }
-    run_dir = pred.parent
+    key = key or f"{ds.name}/{model.entry.name}/finetune"
+    return _step(key, "finetune", pred, values, action, model.inputs)
 
-    def action(progress: Progress) -> dict[str, Any]:
-        from cxrprobe.probe.finetune import FinetuneConfig, finetune
-        from cxrprobe.probe.finetune_data import from_cache
 
-        model = init.model_args()
-        model["weights"] = None if model["weights"] is None else str(model["weights"])
-        result = finetune(
-            FinetuneConfig(**model, **options),
-            from_cache(images),
-            run_dir,
-            resume=True,
-            progress=progress,
-        )
-        return result.summary
-
-    settings = {"images": images, **init.model_args(), **options}
-    command = _cmd(
-        "cxrprobe",
-        "finetune",
-        "--init",
-        init.init,
-        *_model_flags(init),
-        "--images",
-        images,
-        "--out",
-        run_dir,
-        "--resume",
-        *_opts(options),
+def _pretraining_step(
+    config: StudyConfig, paths: Paths, ds: DatasetEntry, init: InitEntry, source: Model
+) -> Step:
+    """The fine-tune that makes ``init``: its ``from`` init on its pretraining dataset. With no
+    options of its own it is the same command as the ``from`` init's fine-tune cell there, so
+    when the study runs that cell it is that cell's run."""
+    pretrain = init.pretrain
+    images = paths.images(ds.name, _size(config))
+    cell = not pretrain.options and (
+        "finetune" in config.methods_of(source.entry) and config.runs(source.entry, ds.name)
     )
-    return Step(f"{ds.name}/{init.name}/finetune", "finetune", pred, settings, command, action)
+    if cell:
+        pred = paths.predictions(ds.name, source.entry.name, "finetune")
+        return _finetune_step(config, ds, source, images, pred)
+    pred = paths.pretraining(ds.name, init.name)
+    key = f"{ds.name}/_pretrain/{init.name}"
+    return _finetune_step(config, ds, source, images, pred, key, pretrain.options)
 
 
 def _compare_step(
-    config: StudyConfig, ds: DatasetEntry, a: str, b: str, predictions: dict[str, Path], out: Path
-) -> Step:
-    options = {"seed": config.seed, "device": config.device, **config.compare}
-    file_a, file_b = predictions[a], predictions[b]
-
-    def action(progress: Progress) -> dict[str, Any]:
-        from cxrprobe.stats.render import write_report_outputs
-        from cxrprobe.stats.report import BootstrapOptions, compare_files
-
-        report = compare_files(file_a, file_b, BootstrapOptions(**options), progress=progress)
-        report["cells"] = {"a": a, "b": b, "dataset": ds.name}
-        write_report_outputs(
-            report, out=out, markdown=out.with_suffix(".md"), plot=out.with_suffix(".png")
-        )
-        return {"verdict": report["verdict"], "mean_delta": report["mean"]["delta"]}
-
-    settings = {"a": file_a, "b": file_b, **options}
-    command = _cmd(
-        "cxrprobe",
-        "compare",
-        file_a,
-        file_b,
-        "--out",
-        out,
-        "--markdown",
-        out.with_suffix(".md"),
-        "--plot",
-        out.with_suffix(".png"),
-        *_opts(options),
-    )
-    return Step(f"{ds.name}/compare/{b}_vs_{a}", "compare", out, settings, command, action)
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """What happened to one step in a run: ``ran`` or ``skipped`` (finished earlier)."""
-
-    key: str
-    status: str
-    output: Path
-    result: dict[str, Any]
-
-
-def step_status(step: Step, paths: Paths) -> str:
-    """``done`` (finished with these settings), ``todo``; refuses a step whose settings changed."""
-    record = paths.record(step.key)
-    if not record.is_file():
-        return "todo"
-    saved = json.loads(record.read_text())
-    if saved["settings"] != to_jsonable(step.settings):
-        changed = sorted(
-            k
-            for k in set(saved["settings"]) | set(to_jsonable(step.settings))
-            if saved["settings"].get(k) != to_jsonable(step.settings).get(k)
-        )
-        raise ConfigError(
-            f"step {step.key} already ran with different settings ({', '.join(changed)}); delete "
-            f"{step.output} and {record} to redo it, or use another 'out' folder"
-        )
-    return "done" if step.output.exists() else "todo"
-
-
-def run_plan(
-    steps: Iterable[Step],
+    config: StudyConfig,
+    ds: DatasetEntry,
+    a: str,
+    b: str,
+    predictions: dict[str, Path],
+    validation: dict[str, Path],
     out: Path,
-    *,
-    progress: Progress = None,
-    on_step: Callable[[Step, str], None] | None = None,
-) -> list[Outcome]:
-    """Run every step that is not finished, in order; ``progress(total, desc)`` makes the bars."""
-    paths, outcomes = Paths(out), []
-    for step in steps:
-        if step_status(step, paths) == "done":
-            saved = json.loads(paths.record(step.key).read_text())
-            outcomes.append(Outcome(step.key, "skipped", step.output, saved.get("result", {})))
-            if on_step:
-                on_step(step, "skipped")
-            continue
-        if on_step:
-            on_step(step, "running")
-        result = step.action(progress)
-        atomic_write_json(
-            paths.record(step.key),
-            {
-                "step": step.key,
-                "stage": step.stage,
-                "output": step.output,
-                "command": step.command,
-                "settings": step.settings,
-                "result": _summary(result),
-                "finished": now_utc(),
-            },
+) -> Step:
+    """``cxrprobe compare`` of cells A and B; when both write validation-split predictions
+    (probes and fine-tunes do), Youden thresholds are chosen on those, not on the test split."""
+
+    def action(params: dict[str, Any], progress: Progress) -> dict[str, Any]:
+        import inspect
+        from dataclasses import fields
+
+        from cxrprobe.stats.outputs import run_compare
+        from cxrprobe.stats.report import BootstrapOptions
+
+        options = BootstrapOptions(**{f.name: params[f.name] for f in fields(BootstrapOptions)})
+        accepted = set(inspect.signature(run_compare).parameters) - {"options", "progress"}
+        report, _ = run_compare(
+            options=options,
+            cells={"a": a, "b": b, "dataset": ds.name},
+            progress=progress,
+            **{k: v for k, v in params.items() if k in accepted},
         )
-        outcomes.append(Outcome(step.key, "ran", step.output, _summary(result)))
-    return outcomes
+        delta = report["mean"]["delta"]  # NaN when no label has an AUROC in both
+        return {"verdict": report["verdict"], "mean_delta": delta if delta == delta else None}
 
-
-def _summary(result: dict[str, Any]) -> dict[str, Any]:
-    """The JSON-ready part of a step's returned summary (long lists cut to their length)."""
-    return {
-        k: (len(v) if isinstance(v, list) and len(v) > 20 else v)
-        for k, v in to_jsonable(result).items()
+    both = a in validation and b in validation
+    values = {
+        "file_a": predictions[a],
+        "file_b": predictions[b],
+        "validation_a": validation[a] if both else None,
+        "validation_b": validation[b] if both else None,
+        "out": out,
+        "markdown": out.with_suffix(".md"),
+        "plot": out.with_suffix(".png"),
+        "seed": config.seed,
+        "device": config.device,
+        **config.compare,
     }
+    return _step(f"{ds.name}/compare/{b}_vs_{a}", "compare", out, values, action)

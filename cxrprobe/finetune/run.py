@@ -1,7 +1,9 @@
 """One fine-tuning run from start (or a checkpoint) to the test predictions.
 
-:class:`FinetuneRun` plans the batches, builds the :class:`Trainer`, restores a checkpoint when
-resuming, runs the epochs with validation-split model selection and early stopping, and at the
+:class:`FinetuneRun` refuses patient leakage between the splits (unless ``allow_leakage``),
+plans the batches, builds the :class:`Trainer`, restores a checkpoint when
+resuming, runs the epochs with validation-split model selection (by mean AUROC or, as the study's
+code, by the lowest validation loss) and early stopping, and at the
 end scores the validation and test splits with the best weights. Rank 0 writes every file; all
 ranks take part in training, validation and the gathers.
 """
@@ -16,13 +18,15 @@ from typing import Any
 
 import numpy as np
 
+from cxrprobe.cache.source import ImageSource
+from cxrprobe.data.splits import check_patient_leakage
+from cxrprobe.data.targets import evaluation_targets, fittable, positive_weights, to_targets
 from cxrprobe.devices import DistContext, barrier
 from cxrprobe.errors import ConfigError, DataFormatError
-from cxrprobe.probe import finetune_outputs as outputs
-from cxrprobe.probe.checkpoint import load_checkpoint, save_checkpoint
-from cxrprobe.probe.distributed import gather_objects
-from cxrprobe.probe.finetune_data import ImageSource
-from cxrprobe.probe.trainer import Plan, Trainer
+from cxrprobe.finetune import outputs
+from cxrprobe.finetune.checkpoint import load_checkpoint, save_checkpoint
+from cxrprobe.finetune.distributed import gather_objects
+from cxrprobe.finetune.trainer import Plan, Trainer, probabilities
 from cxrprobe.progress import ProgressFactory, start_bar
 from cxrprobe.provenance import atomic_write_json, write_run_record
 
@@ -36,7 +40,20 @@ RESUMABLE_CHANGES = (
     "eval_batch_size",
     "device",
     "patience",
+    "recipe_filled",  # which settings were explicit: the values themselves are compared
+    # Leakage is fixed by the rows (in the data fingerprint): leaky rows are refused without it
+    # at every invocation, and it changes nothing on rows without leakage.
+    "allow_leakage",
 )
+# Settings added later, with the value that runs saved before them implicitly had.
+_ADDED_SETTINGS = {
+    "uncertain": "ignore",
+    "blank": "missing",
+    "findings": None,
+    "recipe": "modern",
+    "rotate_mode": "bilinear",
+    "select_by": "auroc",
+}
 
 
 @dataclass
@@ -46,7 +63,8 @@ class RunState:
     next_epoch: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
     best_epoch: int | None = None
-    best_val_mean_auroc: float = -math.inf
+    best_val_mean_auroc: float = -math.inf  # of the best epoch
+    best_val_loss: float = math.inf  # of the best epoch
     bad_epochs: int = 0
     finished: bool = False
     stopped_early: bool = False
@@ -63,15 +81,17 @@ class FinetuneResult:
 
 
 def split_rows(source: ImageSource, config: Any) -> dict[str, np.ndarray]:
-    """Train/val/test row numbers without known failures; training rows need at least one label.
+    """Train/val/test row numbers without known failures; training rows need at least one
+    training target (under the ``uncertain``/``blank`` policies).
 
     Raises ``ConfigError`` when a split is empty, or when no finding has both a positive and a
-    negative validation label (checkpoints could not be selected).
+    negative validation label (checkpoints could not be selected; validation is judged on the
+    labels as they are, see :func:`~cxrprobe.data.targets.evaluation_targets`).
     """
     meta = source.metadata
     usable = np.ones(len(meta), dtype=bool)
     usable[list(source.known_failures)] = False
-    observed = (meta.labels == 0) | (meta.labels == 1)
+    observed = to_targets(meta.labels, config.uncertain, config.blank)[1]
     rows = {}
     for role in ("train", "val", "test"):
         name = getattr(config, f"{role}_split")
@@ -83,13 +103,30 @@ def split_rows(source: ImageSource, config: Any) -> dict[str, np.ndarray]:
             raise ConfigError(
                 f"the {role} split ({name!r}) has no usable rows; check the manifest's split column or pass --{role}-split"
             )
-    val = meta.labels[rows["val"]]
-    if not ((val == 1).any(axis=0) & (val == 0).any(axis=0)).any():
+    if not fittable(evaluation_targets(meta.labels[rows["val"]])).any():
         raise ConfigError(
             f"no finding has both positive and negative labels in the validation split ({config.val_split!r}), "
             "so checkpoints cannot be selected: add validation rows or choose another --val-split"
         )
     return rows
+
+
+def check_leakage(source: ImageSource, rows: dict[str, np.ndarray], allow: bool) -> list[str]:
+    """Refuse a patient with rows in two of train/val/test (``LeakageError`` unless ``allow``);
+    returns the patients allowed in several splits (sorted), for the run record."""
+    meta = source.metadata
+    every = np.concatenate(list(rows.values()))
+    roles = np.concatenate([np.full(len(r), role, dtype=object) for role, r in rows.items()])
+    described = source.description
+    where = described.get("path") or described.get("manifest") or described.get("name")
+    return check_patient_leakage(
+        roles,
+        np.asarray(meta.patient_id, dtype=str)[every],
+        allow=allow,
+        source=f"the images {where}",
+        fix="Give every patient's images one split: rebuild the manifest with a patient-level "
+        "split (`cxrprobe manifest ... --split random`) and the image cache from it",
+    )
 
 
 def make_plan(config: Any, n_train: int, world_size: int, device_type: str) -> Plan:
@@ -122,6 +159,7 @@ def make_plan(config: Any, n_train: int, world_size: int, device_type: str) -> P
 def check_resumable(saved: dict[str, Any], current: dict[str, Any], checkpoint: Path) -> None:
     """Refuse to continue a run with other settings or other data, naming what differs."""
     keys = sorted((set(saved) | set(current)) - set(RESUMABLE_CHANGES))
+    saved = {**_ADDED_SETTINGS, **saved}
     diffs = [
         f"{k}: {saved.get(k)!r} then, {current.get(k)!r} now"
         for k in keys
@@ -154,6 +192,7 @@ class FinetuneRun:
     def execute(self, resume: bool, overwrite: bool) -> FinetuneResult:
         config, ctx = self.config, self.ctx
         rows = split_rows(self.source, config)
+        shared = check_leakage(self.source, rows, config.allow_leakage)
         plan = make_plan(config, len(rows["train"]), ctx.world_size, ctx.device.type)
         weights = self._class_weights(rows["train"])
         self._prepare_folder(resume, overwrite)
@@ -166,7 +205,7 @@ class FinetuneRun:
             trainer.load_state_dict(saved["trainer"])
             state = RunState(**saved["run"])
             logger.info("resuming %s at epoch %d", self.out_dir, state.next_epoch + 1)
-        resolved = self._resolved(plan, trainer, rows, weights)
+        resolved = self._resolved(plan, trainer, rows, weights, shared)
         if ctx.is_main:
             write_run_record(self.out_dir, "cxrprobe finetune", resolved)
         ran = 0
@@ -181,18 +220,17 @@ class FinetuneRun:
 
     def _class_weights(self, train_rows: np.ndarray) -> np.ndarray:
         """(L,) ``pos_weight`` on the training split (ones with ``class_weights`` off)."""
-        from cxrprobe.probe.linear import positive_weights
-
         if not self.config.class_weights:
             return np.ones(len(self.findings), dtype=np.float32)
         labels = self.source.metadata.labels[train_rows]
-        one_class = ~(((labels == 1).any(axis=0)) & ((labels == 0).any(axis=0)))
+        targets = to_targets(labels, self.config.uncertain, self.config.blank)[0]
+        one_class = ~fittable(targets)
         if one_class.any():
             logger.warning(
                 "pos_weight set to 1 for %s: only one class among the training labels",
                 ", ".join(np.asarray(self.findings)[one_class]),
             )
-        return positive_weights(labels).astype(np.float32)
+        return positive_weights(targets).astype(np.float32)
 
     def _prepare_folder(self, resume: bool, overwrite: bool) -> None:
         if overwrite:
@@ -207,9 +245,15 @@ class FinetuneRun:
             self.last_path.parent.mkdir(parents=True, exist_ok=True)
 
     def _resolved(
-        self, plan: Plan, trainer: Trainer, rows: dict[str, np.ndarray], weights: np.ndarray
+        self,
+        plan: Plan,
+        trainer: Trainer,
+        rows: dict[str, np.ndarray],
+        weights: np.ndarray,
+        shared: list[str],
     ) -> dict[str, Any]:
-        """The resolved config recorded in ``run.json`` and every predictions file."""
+        """The resolved config recorded in ``run.json`` and every predictions file (``shared``:
+        the patients ``allow_leakage`` let into several splits)."""
         return {
             **self.config.to_dict(),
             "plan": asdict(plan),
@@ -220,6 +264,7 @@ class FinetuneRun:
                 **self.source.description,
                 "fingerprint": self.source.fingerprint(),
                 "rows": {k: int(v.size) for k, v in rows.items()},
+                "patients_in_several_splits": len(shared),
             },
             "findings": list(self.findings),
             "pos_weight": outputs.json_floats(weights, self.findings),
@@ -250,16 +295,19 @@ class FinetuneRun:
             raise DataFormatError(
                 f"training diverged: loss {stats.loss} in epoch {epoch + 1}; lower --lr, add --clip-grad or use --precision fp32"
             )
-        scores = trainer.predict(rows["val"])
-        ok = ~np.isnan(scores).any(axis=1)
-        targets = self.source.metadata.labels[rows["val"]][ok]
-        report = auroc_report(
-            np.where((targets == 0) | (targets == 1), targets, np.nan), scores[ok]
-        )
-        improved = bool(np.isfinite(report.mean) and report.mean > state.best_val_mean_auroc)
+        logits = trainer.predict_logits(rows["val"])
+        ok = ~np.isnan(logits).any(axis=1)
+        targets = evaluation_targets(self.source.metadata.labels[rows["val"]][ok])
+        report = auroc_report(targets, probabilities(logits[ok]))
+        val_loss = trainer.validation_loss(logits, rows["val"])
+        if config.select_by == "loss":
+            improved = bool(np.isfinite(val_loss) and val_loss < state.best_val_loss)
+        else:
+            improved = bool(np.isfinite(report.mean) and report.mean > state.best_val_mean_auroc)
         if improved:
             state.best_epoch = epoch + 1
             state.best_val_mean_auroc = report.mean
+            state.best_val_loss = val_loss
             state.bad_epochs = 0
         else:
             state.bad_epochs += 1
@@ -268,6 +316,7 @@ class FinetuneRun:
                 "epoch": epoch + 1,
                 "train_loss": stats.loss,
                 "val_mean_auroc": outputs.finite_or_none(report.mean),
+                "val_loss": outputs.finite_or_none(val_loss),
                 "selection_split": "val",
                 "is_best": improved,
                 "lr": trainer.lr,
@@ -292,6 +341,8 @@ class FinetuneRun:
                         "model": trainer.model.state_dict(),
                         "epoch": epoch + 1,
                         "val_mean_auroc": report.mean,
+                        "val_loss": val_loss,
+                        "select_by": config.select_by,
                         "selection_split": "val",
                         "findings": list(self.findings),
                         "model_spec": trainer.spec.to_dict(),
@@ -312,7 +363,11 @@ class FinetuneRun:
             )
             outputs.write_log(self.out_dir / "log.csv", state.history, self.findings)
         logger.info(
-            "epoch %d: train loss %.4f, val mean AUROC %.4f", epoch + 1, stats.loss, report.mean
+            "epoch %d: train loss %.4f, val loss %.4f, val mean AUROC %.4f",
+            epoch + 1,
+            stats.loss,
+            val_loss,
+            report.mean,
         )
 
     def _finish(
@@ -341,7 +396,9 @@ class FinetuneRun:
         extra = {
             "best_epoch": state.best_epoch,
             "selection_split": "val",
+            "select_by": self.config.select_by,
             "val_mean_auroc": state.best_val_mean_auroc,
+            "val_loss": state.best_val_loss,
         }
         val_pred = outputs.predictions(
             self.source,

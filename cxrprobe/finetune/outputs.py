@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from cxrprobe.data.targets import evaluation_targets
 from cxrprobe.provenance import atomic_write_text, now_utc, versions
 
 OUTPUTS = (
@@ -43,11 +44,12 @@ def finite_or_none(value: float) -> float | None:
 
 
 def write_log(path: Path, history: list[dict[str, Any]], findings: tuple[str, ...]) -> None:
-    """``log.csv``: one row per epoch; every AUROC column is on the validation split."""
+    """``log.csv``: one row per epoch; every val_ column is on the validation split."""
     columns = [
         "epoch",
         "train_loss",
         "val_mean_auroc",
+        "val_loss",
         "selection_split",
         "is_best",
         "lr",
@@ -74,16 +76,15 @@ def predictions(
     meta = source.metadata
     ok = ~np.isnan(scores).any(axis=1)
     kept = rows[ok]
-    labels = meta.labels[kept]
-    targets = np.where((labels == 0) | (labels == 1), labels, np.nan)
     return Predictions(
         labels=list(meta.findings),
         ids=meta.ids[kept].tolist(),
-        targets=targets.astype(np.float64),
+        targets=evaluation_targets(meta.labels[kept]).astype(np.float64),
         scores=scores[ok].astype(np.float64),
         score_kind="probability",
         patient_ids=meta.patient_id[kept].tolist(),
         provenance=provenance,
+        subgroups=meta.subgroup_fields(kept),  # sex, age, view, when the rows have them
     )
 
 
@@ -98,7 +99,8 @@ def prediction_provenance(
         "arch": model["arch"],
         "weights_sha256": model["weights_sha256"],
         "weights_path": model["weights_path"],
-        "dataset": resolved["dataset"],
+        "dataset": resolved["dataset"],  # its label_policies: what the targets mean
+        "training_targets": {"uncertain": resolved["uncertain"], "blank": resolved["blank"]},
         "split": split,
         "config": resolved,
         "versions": versions(),
@@ -142,7 +144,10 @@ def summary(
         "stopped_early": state.stopped_early,
         "best_epoch": state.best_epoch,
         "selection_split": "val",
+        "select_by": config.select_by,
+        "recipe": config.recipe,
         "best_val_mean_auroc": finite_or_none(state.best_val_mean_auroc),
+        "best_val_loss": finite_or_none(state.best_val_loss),
         "train_images_per_s": float(np.median(speeds)) if speeds else None,
         "world_size": world_size,
         "precision": plan.precision,
@@ -174,7 +179,8 @@ def format_summary(summary: dict[str, Any]) -> str:
         )
     lines = [
         f"best epoch {summary['best_epoch']} of {summary['epochs_completed']} (chosen on the "
-        f"{summary['selection_split']} split){' — stopped early' if summary['stopped_early'] else ''}",
+        f"{summary['selection_split']} split by {_SELECTED_BY[summary['select_by']]}, "
+        f"recipe {summary['recipe']}){' — stopped early' if summary['stopped_early'] else ''}",
         f"mean AUROC: val {_fmt(summary['best_val_mean_auroc'])}, test {_fmt(summary['test_mean_auroc'])}",
         f"training speed: {_fmt(summary['train_images_per_s'], '.1f')} images/s",
         f"{'finding':<28} {'val AUROC':>10} {'test AUROC':>10}",
@@ -186,6 +192,9 @@ def format_summary(summary: dict[str, Any]) -> str:
             f"{summary['failures']} image(s) could not be read and were left out: see failures.json"
         )
     return "\n".join(lines)
+
+
+_SELECTED_BY = {"auroc": "mean AUROC", "loss": "loss"}
 
 
 def _fmt(value: float | None, spec: str = ".4f") -> str:

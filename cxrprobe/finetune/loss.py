@@ -1,10 +1,11 @@
 """The training loss: binary cross-entropy per finding, weighted and masked.
 
-Labels are 1 (positive), 0 (negative), or anything else — NaN (not annotated) or -1 (uncertain) —
-which is masked out of the loss: such an entry contributes neither to the sum nor to the count.
-Stores keep uncertain labels as -1; the mask leaves them (and NaN) out of the loss.
-The class weight is the study's ``pos_weight`` (negatives / positives per finding on the training
-split, :func:`cxrprobe.probe.linear.positive_weights`), multiplying the positive term of the BCE.
+Targets are 1 (positive), 0 (negative), or anything else — NaN (masked by the label policies) or
+-1 (uncertain) — which is masked out of the loss: such an entry contributes neither to the sum nor
+to the count. The mask is :func:`cxrprobe.data.targets.observed_mask`, the targets come from
+:func:`cxrprobe.data.targets.to_targets`. The class weight is the study's ``pos_weight``
+(negatives / positives per finding on the training split,
+:func:`cxrprobe.data.targets.positive_weights`), multiplying the positive term of the BCE.
 
 A training step's loss is the mean over the observed entries of its whole global batch (every
 process and accumulation step together), so the gradient does not depend on how the batch is
@@ -17,10 +18,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-
-def observed_mask(targets: torch.Tensor) -> torch.Tensor:
-    """(n, L) bool: entries labelled 0 or 1 (NaN and -1 are not)."""
-    return (targets == 0) | (targets == 1)
+from cxrprobe.data.targets import observed_mask
 
 
 def masked_bce_sum(

@@ -1,8 +1,9 @@
 """Batch augmentations for fine-tuning, run on the batch's device: horizontal flip and rotation.
 
-The study's recipe: a random horizontal flip (p = 0.5) and a random rotation of up to ±7°. Both act
-on whole normalised batches ``(B, C, S, S)`` on the GPU (or CPU), so the data loader only moves
-uint8 pixels. Random draws come from an explicit CPU ``torch.Generator`` whose state is saved in
+Both recipes use a random horizontal flip (p = 0.5) and a random rotation of up to ±7°, resampled
+bilinearly (``modern``) or by nearest neighbour (``study``: torchvision's ``RandomRotation``
+default). Both act on whole normalised batches ``(B, C, S, S)`` on the GPU (or CPU), so the data
+loader only moves uint8 pixels. Random draws come from an explicit CPU ``torch.Generator`` whose state is saved in
 checkpoints, so a resumed run draws exactly what the uninterrupted run would have drawn.
 """
 
@@ -14,6 +15,10 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from cxrprobe.errors import ConfigError
+
+ROTATE_MODES = ("bilinear", "nearest")
+
 
 def hflip(images: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mirror left-right the images of ``images`` (B, C, H, W) where ``mask`` (B,) bool is True."""
@@ -24,14 +29,19 @@ def hflip(images: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 def rotate(
-    images: torch.Tensor, degrees: torch.Tensor, fill: float | Sequence[float] | torch.Tensor = 0.0
+    images: torch.Tensor,
+    degrees: torch.Tensor,
+    fill: float | Sequence[float] | torch.Tensor = 0.0,
+    mode: str = "bilinear",
 ) -> torch.Tensor:
     """Rotate each image of ``images`` (B, C, H, W) counter-clockwise by ``degrees`` (B,).
 
-    Bilinear resampling about the image centre; pixels rotated in from outside the image take
+    ``mode`` (``bilinear`` or ``nearest``) resamples about the image centre; pixels rotated in from outside the image take
     ``fill`` (a scalar or one value per channel, in the images' units: the normalised value of a
     black pixel keeps the border black). An angle of 0 returns the input unchanged.
     """
+    if mode not in ROTATE_MODES:
+        raise ConfigError(f"--rotate-mode must be one of {', '.join(ROTATE_MODES)}, got {mode!r}")
     if images.shape[0] == 0:
         return images
     batch, channels, height, width = images.shape
@@ -48,7 +58,7 @@ def rotate(
     fill_t = torch.as_tensor(fill, device=images.device, dtype=images.dtype).reshape(1, -1, 1, 1)
     shifted = images - fill_t
     rotated = F.grid_sample(
-        shifted.float(), grid, mode="bilinear", padding_mode="zeros", align_corners=False
+        shifted.float(), grid, mode=mode, padding_mode="zeros", align_corners=False
     ).to(images.dtype)
     out = rotated + fill_t
     keep = (degrees == 0).to(images.device).view(-1, 1, 1, 1)
@@ -61,8 +71,10 @@ def random_flip_rotate(
     flip_p: float = 0.5,
     max_degrees: float = 7.0,
     fill: float | Sequence[float] | torch.Tensor = 0.0,
+    mode: str = "bilinear",
 ) -> torch.Tensor:
-    """The training augmentation: flip with probability ``flip_p``, rotate by U(-max, +max) degrees.
+    """The training augmentation: flip with probability ``flip_p``, rotate by U(-max, +max) degrees
+    with ``mode`` resampling.
 
     ``generator`` is a CPU generator; the draws (2 per image) are made there and moved to the
     images' device, so results do not depend on the device's own random stream.
@@ -73,5 +85,5 @@ def random_flip_rotate(
     if flip_p > 0:
         images = hflip(images, flips)
     if max_degrees > 0:
-        images = rotate(images, angles, fill)
+        images = rotate(images, angles, fill, mode)
     return images

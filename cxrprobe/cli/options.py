@@ -1,55 +1,94 @@
-"""What every command shares: library errors as one-line messages, progress bars, run records,
-and the options several commands take (device, seed, model, image source) with their checks."""
+"""The options several commands share, with their checks: device, seed, model, image source;
+choices read from the library's registries; list-valued options; and the old spellings of renamed
+options, which still work for one release."""
 
 from __future__ import annotations
 
-import contextlib
 import functools
+import importlib
 import json
-import os
-import sys
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import click
 
 from cxrprobe.devices import DEVICE_HELP, check_device_name
-from cxrprobe.errors import ConfigError, CxrprobeError
-from cxrprobe.progress import ProgressFactory
-from cxrprobe.provenance import write_run_record
+from cxrprobe.errors import ConfigError
+from cxrprobe.models import describe_inits
 
 
-@contextlib.contextmanager
-def library_errors() -> Iterator[None]:
-    """Turn ``CxrprobeError`` into ``click.ClickException`` (exit 1; ConfigError → exit 2)."""
-    try:
-        yield
-    except ConfigError as exc:
-        raise click.UsageError(str(exc)) from exc
-    except CxrprobeError as exc:
-        raise click.ClickException(str(exc)) from exc
+class RegistryChoice(click.Choice):
+    """A ``click.Choice`` of the names in a library registry (``"module:ATTRIBUTE"``), read when
+    first needed: the registry's module may import numpy or torch, which ``cxrprobe --help`` must
+    not, and the names are never copied into the CLI."""
+
+    def __init__(self, where: str) -> None:
+        self.where = where
+        self.case_sensitive = True
+
+    @functools.cached_property
+    def choices(self) -> tuple[str, ...]:  # type: ignore[override]
+        module, attribute = self.where.split(":")
+        return tuple(getattr(importlib.import_module(module), attribute))
 
 
-def progress(total: int | None, desc: str, unit: str = "img", disable: bool | None = None):
-    """A tqdm progress bar on stderr showing rate and ETA (hidden when stderr is not a TTY
-    unless ``CXRPROBE_PROGRESS=1``)."""
-    from tqdm.auto import tqdm
+class CommaList(click.ParamType):
+    """Comma-separated values (``a,b``) as a tuple of ``item`` values. A list or tuple (from a
+    study TOML file) is taken item by item, so the file and the command line give the same tuple."""
 
-    if disable is None:
-        disable = not (sys.stderr.isatty() or os.environ.get("CXRPROBE_PROGRESS"))
-    return tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True, disable=disable)
+    name = "list"
+
+    def __init__(self, item: click.ParamType = click.STRING) -> None:
+        self.item = item
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, str):
+            parts: Sequence[Any] = [v.strip() for v in value.split(",") if v.strip()]
+        elif isinstance(value, (list, tuple)):
+            parts = value
+        else:
+            self.fail(f"{value!r} is not a comma-separated list", param, ctx)
+        if not parts:
+            self.fail(
+                f"{value!r} lists nothing; give one value or more, comma-separated", param, ctx
+            )
+        return tuple(self.item.convert(part, param, ctx) for part in parts)
 
 
-def record(target: str | os.PathLike, command: str, config: Mapping[str, Any]) -> Path:
-    """Write the run record (resolved config and versions) next to a command's outputs: into an
-    output folder as ``run.json``, or to a ``*.run.json`` path beside a single-file output."""
-    return write_run_record(target, f"cxrprobe {command}", config)
+class RenamingCommand(click.Command):
+    """A command that still accepts the old spellings of its renamed options for one release:
+    ``renamed`` maps an old token to the new tokens, used instead with a one-line warning."""
+
+    def __init__(
+        self, *args: Any, renamed: Mapping[str, Sequence[str]] | None = None, **kwargs: Any
+    ):
+        super().__init__(*args, **kwargs)
+        self.renamed = dict(renamed or {})
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, renamed_args(args, self.renamed))
 
 
-def progress_in(unit: str) -> ProgressFactory:
-    """The :func:`progress` factory counting ``unit`` (img, step, iter, resample)."""
-    return functools.partial(progress, unit=unit)
+def renamed_args(args: Iterable[str], renamed: Mapping[str, Sequence[str]]) -> list[str]:
+    """``args`` with every old spelling (``--old`` or ``--old=VALUE``) replaced by the new one,
+    each announced on stderr; arguments after ``--`` are left alone."""
+    out: list[str] = []
+    args = list(args)
+    for i, arg in enumerate(args):
+        if arg == "--":
+            return out + args[i:]
+        old, eq, value = arg.partition("=")
+        new = renamed.get(old) if arg.startswith("--") else None
+        if new is None or (eq and len(new) != 1):
+            out.append(arg)
+            continue
+        click.echo(
+            f"Warning: {old} is deprecated and goes in the next release; use {' '.join(new)}",
+            err=True,
+        )
+        out += [new[0] + eq + value] if eq else list(new)
+    return out
 
 
 def stack_options(*options: Callable) -> Callable:
@@ -88,6 +127,17 @@ def seed_option(help: str) -> Callable:
     )
 
 
+def workers_option(default: int | None, help: str, minimum: int = 0) -> Callable:
+    """``--workers``: worker processes (the one spelling every command uses)."""
+    return click.option(
+        "--workers",
+        type=click.IntRange(min=minimum),
+        default=default,
+        show_default=default is not None,
+        help=help,
+    )
+
+
 def _model_kwargs(ctx: click.Context, param: click.Parameter, value: str | None) -> dict[str, Any]:
     """``--model-kwargs`` JSON → a dict of timm constructor overrides (empty when not given)."""
     if value is None:
@@ -104,7 +154,8 @@ def _model_kwargs(ctx: click.Context, param: click.Parameter, value: str | None)
 
 
 def model_options(init_default: str | None = None) -> Callable:
-    """``--init`` (required unless ``init_default``), ``--weights``, ``--arch``, ``--model-kwargs``."""
+    """``--init`` (required unless ``init_default``), ``--weights``, ``--arch``, ``--model-kwargs``,
+    ``--mean``/``--std``."""
     init_kwargs: dict[str, Any] = (
         {"required": True}
         if init_default is None
@@ -113,14 +164,15 @@ def model_options(init_default: str | None = None) -> Callable:
     return stack_options(
         click.option(
             "--init",
-            help="Initialisation: dinov2, dinov2-reg, imagenet, mimic, random, timm:NAME, or a checkpoint file.",
+            help="Initialisation, from the registry:\n\n\b\n" + describe_inits(),
             **init_kwargs,
         ),
         click.option(
             "--weights",
             type=click.Path(path_type=Path, dir_okay=False),
             default=None,
-            help="Weights file (safetensors, timm state dict or original DINOv2 .pth); default: the hub's.",
+            help="Weights file (safetensors, timm state dict, original DINOv2 .pth or a transformers "
+            "Dinov2Model such as RAD-DINO); default: the hub's.",
         ),
         click.option(
             "--arch",
@@ -133,7 +185,25 @@ def model_options(init_default: str | None = None) -> Callable:
             default=None,
             help="JSON object of timm constructor overrides, e.g. '{\"depth\": 2}'.",
         ),
+        click.option(
+            "--mean",
+            type=CommaList(click.FLOAT),
+            default=None,
+            help="Input normalisation mean per channel (1 or 3 comma-separated values) replacing "
+            "the model config's, for weights trained with other statistics (e.g. RAD-DINO).",
+        ),
+        click.option(
+            "--std",
+            type=CommaList(click.FLOAT),
+            default=None,
+            help="Input normalisation std per channel (1 or 3 values), with --mean.",
+        ),
     )
+
+
+PRESET_CHOICE = RegistryChoice("cxrprobe.data.preprocess:PRESETS")
+ASPECT_CHOICE = RegistryChoice("cxrprobe.data.preprocess:ASPECTS")
+CLASS_WEIGHT_CHOICE = RegistryChoice("cxrprobe.probe.linear:CLASS_WEIGHTS")
 
 
 def image_source_options(raw_settings: bool = False) -> Callable:
@@ -160,7 +230,7 @@ def image_source_options(raw_settings: bool = False) -> Callable:
         ),
         click.option(
             "--preset",
-            type=click.Choice(["default", "paper"]),
+            type=PRESET_CHOICE,
             default=None,
             help="Preprocessing of raw files (with --manifest), as in `cxrprobe preprocess`, at --size "
             "[default: default].",
@@ -170,7 +240,7 @@ def image_source_options(raw_settings: bool = False) -> Callable:
         options += [
             click.option(
                 "--aspect",
-                type=click.Choice(["stretch", "pad", "crop"]),
+                type=ASPECT_CHOICE,
                 default=None,
                 help="Aspect policy for raw files (default: the preset's).",
             ),

@@ -3,8 +3,9 @@
 :class:`Trainer` owns the model, AdamW, the lr schedule, the grad scaler and the augmentation
 generator, and knows how to save and restore all of them (with every rank's random states) so a
 resumed run continues exactly. It trains on uint8 batches from an :class:`ImageSource`: pixels go
-to the device as uint8, are normalised with the model's own mean and std, augmented there, and
-run under bf16 autocast on CUDA (timm's attention uses PyTorch SDPA), float32 on CPU.
+to the device as uint8, are normalised with the model's mean and std (or the config's, e.g. the
+study recipe's mean 0 / std 1: plain [0, 1] input), augmented there, and run under bf16 autocast
+on CUDA (timm's attention uses PyTorch SDPA) or in float32, as the config's precision says.
 """
 
 from __future__ import annotations
@@ -19,25 +20,31 @@ import numpy as np
 import torch
 from torch import nn
 
+from cxrprobe.cache.source import ImageSource
+from cxrprobe.data.targets import to_targets
 from cxrprobe.devices import DistContext
 from cxrprobe.errors import ConfigError
-from cxrprobe.probe.augment import random_flip_rotate
-from cxrprobe.probe.checkpoint import capture_rng, restore_rng, seed_everything
-from cxrprobe.probe.distributed import (
+from cxrprobe.finetune.augment import random_flip_rotate
+from cxrprobe.finetune.checkpoint import capture_rng, restore_rng, seed_everything
+from cxrprobe.finetune.distributed import (
     all_sum,
     eval_shard,
     gather_rows,
     gather_stacked,
     shard_order,
 )
-from cxrprobe.probe.finetune_data import ImageSource, batch_loader
-from cxrprobe.probe.loss import masked_bce_sum, observed_mask
-from cxrprobe.probe.schedule import WarmupCosine, make_scheduler, param_groups
+from cxrprobe.finetune.loss import masked_bce, masked_bce_sum
+from cxrprobe.finetune.schedule import WarmupCosine, make_scheduler, param_groups
 from cxrprobe.progress import Bar, show_note
 
 logger = logging.getLogger(__name__)
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
+
+
+def probabilities(logits: np.ndarray) -> np.ndarray:
+    """float32 sigmoid of (n, L) logits (NaN rows stay NaN): the scores every output holds."""
+    return torch.sigmoid(torch.from_numpy(np.asarray(logits, dtype=np.float32))).numpy()
 
 
 class Classifier(nn.Module):
@@ -93,7 +100,8 @@ class Trainer:
 
         self.config, self.source, self.ctx, self.plan = config, source, ctx, plan
         self.train_rows = np.asarray(train_rows, dtype=np.int64)
-        self.labels = torch.from_numpy(np.asarray(source.metadata.labels, dtype=np.float32))
+        targets, self.observed = to_targets(source.metadata.labels, config.uncertain, config.blank)
+        self.targets = torch.from_numpy(targets)  # NaN where masked out of the loss
         self.device = ctx.device
         seed_everything(config.seed)  # same initial weights on every rank
         backbone, self.spec = create_model(
@@ -103,6 +111,8 @@ class Trainer:
             num_classes=0,
             arch=config.arch,
             model_kwargs=config.model_kwargs,
+            mean=config.mean,
+            std=config.std,
             drop_path_rate=config.drop_path,
         )
         if config.grad_checkpointing:
@@ -174,7 +184,12 @@ class Trainer:
         )
         if train and (self.config.hflip > 0 or self.config.rotate > 0):
             x = random_flip_rotate(
-                x, self.generator, self.config.hflip, self.config.rotate, fill=self.black
+                x,
+                self.generator,
+                self.config.hflip,
+                self.config.rotate,
+                fill=self.black,
+                mode=self.config.rotate_mode,
             )
         return x
 
@@ -190,7 +205,7 @@ class Trainer:
         plan, ctx = self.plan, self.ctx
         n_micro = plan.steps_per_epoch * plan.accum_steps
         used = n_micro * plan.micro_batch
-        observed = observed_mask(self.labels).sum(dim=1).numpy()
+        observed = self.observed.sum(axis=1)
         counts = np.zeros(plan.steps_per_epoch, dtype=np.int64)
         batches: list[np.ndarray] = []
         for rank in range(ctx.world_size):
@@ -216,9 +231,7 @@ class Trainer:
         scale = torch.as_tensor(
             ctx.world_size / np.maximum(counts, 1), dtype=torch.float32, device=self.device
         )
-        loader = batch_loader(
-            self.source, batches, self.config.num_workers, self.device.type == "cuda"
-        )
+        loader = self.source.loader(batches, self.config.num_workers, self.device.type == "cuda")
         loss_sum = torch.zeros((), device=self.device)
         images = 0
         start = time.perf_counter()
@@ -235,7 +248,7 @@ class Trainer:
                 with self._autocast():
                     logits = model(x)
                 total, _ = masked_bce_sum(
-                    logits, self.labels[rows].to(self.device, non_blocking=True), self.pos_weight
+                    logits, self.targets[rows].to(self.device, non_blocking=True), self.pos_weight
                 )
                 self.scaler.scale(total * scale[step]).backward()
             loss_sum += total.detach()
@@ -270,9 +283,22 @@ class Trainer:
         return max(group["lr"] for group in self.optimizer.param_groups)
 
     # ----------------------------------------------------------------------------- prediction
-    @torch.no_grad()
     def predict(self, rows: np.ndarray) -> np.ndarray:
-        """(n, L) float32 probabilities for ``rows``; rows that failed to load are NaN rows.
+        """(n, L) float32 probabilities for ``rows``; rows that failed to load are NaN rows."""
+        return probabilities(self.predict_logits(rows))
+
+    def validation_loss(self, logits: np.ndarray, rows: np.ndarray) -> float:
+        """The training loss (weighted, masked BCE; no augmentation) of ``logits`` (n, L) of
+        ``rows``: the study's checkpoint criterion. Rows that failed to load (NaN) are left out."""
+        ok = ~np.isnan(logits).any(axis=1)
+        rows = np.asarray(rows, dtype=np.int64)[ok]
+        return float(
+            masked_bce(torch.from_numpy(logits[ok]), self.targets[rows], self.pos_weight.cpu())
+        )
+
+    @torch.no_grad()
+    def predict_logits(self, rows: np.ndarray) -> np.ndarray:
+        """(n, L) float32 logits for ``rows``; rows that failed to load are NaN rows.
 
         Every rank scores a strided share of the rows; the result is gathered on every rank.
         """
@@ -281,19 +307,17 @@ class Trainer:
         size = self.config.eval_batch_size or self.plan.micro_batch
         batches = [local[i : i + size] for i in range(0, len(local), size)]
         where = {int(r): k for k, r in enumerate(local)}
-        scores = torch.full((len(local), len(self.source.metadata.findings)), float("nan"))
+        out = torch.full((len(local), len(self.source.metadata.findings)), float("nan"))
         self.model.eval()
-        loader = batch_loader(
-            self.source, batches, self.config.num_workers, self.device.type == "cuda"
-        )
+        loader = self.source.loader(batches, self.config.num_workers, self.device.type == "cuda")
         for got, pixels, failures in loader:
             self.failures.update(failures)
             if len(got) == 0:
                 continue
             with self._autocast():
                 logits = self.model(self._inputs(pixels, train=False))
-            scores[[where[int(r)] for r in got]] = torch.sigmoid(logits.float()).cpu()
-        return gather_rows(self.ctx, scores, len(rows)).numpy()
+            out[[where[int(r)] for r in got]] = logits.float().cpu()
+        return gather_rows(self.ctx, out, len(rows)).numpy()
 
     # -------------------------------------------------------------------------- checkpointing
     def state_dict(self) -> dict[str, Any]:

@@ -1,7 +1,7 @@
 """Planting findings into a synthetic chest: each returns masks or densities on the pixel grid.
 
 Cardiomegaly is not drawn here: it is the patient's cardiothoracic ratio
-(:func:`cxrprobe.data.synthetic_anatomy.sample_anatomy`). The others act on the lungs:
+(:func:`cxrprobe.data.synthetic.anatomy.sample_anatomy`). The others act on the lungs:
 an effusion replaces air at the base under a meniscus, a pneumothorax collapses the lung away
 from the chest wall behind a thin pleural line, a nodule or consolidation adds density inside
 a lung.
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from cxrprobe.data.synthetic_anatomy import (
+from cxrprobe.data.synthetic.anatomy import (
     SIDES,
     Frame,
     PatientAnatomy,

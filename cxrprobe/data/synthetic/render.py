@@ -1,7 +1,7 @@
 """Composing a synthetic chest: anatomy and planted findings into a density map, then a film.
 
-:func:`chest_density` adds the structures of :mod:`~cxrprobe.data.synthetic_anatomy` and the
-findings of :mod:`~cxrprobe.data.synthetic_findings` with their attenuation weights, drawing
+:func:`chest_density` adds the structures of :mod:`~cxrprobe.data.synthetic.anatomy` and the
+findings of :mod:`~cxrprobe.data.synthetic.findings` with their attenuation weights, drawing
 each structure only inside the window that can hold it. :func:`expose` turns density into a
 16-bit image with random exposure, contrast, heel effect, blur and noise.
 """
@@ -13,8 +13,8 @@ from collections.abc import Mapping
 import numpy as np
 from scipy import ndimage
 
-from cxrprobe.data import synthetic_anatomy as anat
-from cxrprobe.data import synthetic_findings as find
+from cxrprobe.data.synthetic import anatomy as anat
+from cxrprobe.data.synthetic import findings as find
 
 
 def chest_density(
@@ -27,7 +27,7 @@ def chest_density(
     findings (name -> the random stream that places it; cardiomegaly lives in ``anatomy``).
 
     Structures confined to a region are drawn inside its window only (see
-    :func:`~cxrprobe.data.synthetic_anatomy.window`).
+    :func:`~cxrprobe.data.synthetic.anatomy.window`).
     """
     thickness = anat.body_thickness(frame, anatomy)
     diaphragm = anat.diaphragm_surface(frame, anatomy, pose)

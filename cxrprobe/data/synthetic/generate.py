@@ -1,4 +1,4 @@
-"""Synthetic chest radiographs with planted findings, and a labelled dataset of them.
+"""Planning and writing a seeded synthetic dataset: radiographs with planted findings and labels.
 
 The images are 16-bit grayscale (like PadChest) so they exercise the 16-bit decoding path.
 Findings are planted with a configurable prevalence each: cardiomegaly (a cardiothoracic ratio
@@ -31,10 +31,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from cxrprobe.data import synthetic_anatomy as anat
 from cxrprobe.data.findings import in_vocabulary_order
 from cxrprobe.data.manifest import BASE_COLUMNS, SPLITS
-from cxrprobe.data.synthetic_render import chest_density, expose
+from cxrprobe.data.synthetic import anatomy as anat
+from cxrprobe.data.synthetic.render import chest_density, expose
 from cxrprobe.errors import ConfigError
 from cxrprobe.progress import ProgressFactory, start_bar
 from cxrprobe.provenance import atomic_write_bytes, atomic_write_text
@@ -98,7 +98,7 @@ def render_radiograph(
     """Draw one frontal chest radiograph with the given findings as a uint16 (size, size) array.
 
     ``findings`` maps names from :data:`SYNTHETIC_FINDINGS` to booleans (missing = absent).
-    ``anatomy`` fixes the patient's body (from :func:`~cxrprobe.data.synthetic_anatomy.
+    ``anatomy`` fixes the patient's body (from :func:`~cxrprobe.data.synthetic.anatomy.
     sample_anatomy`); when given, its cardiothoracic ratio decides cardiomegaly and must agree
     with ``findings``. Everything else (pose, exposure, noise, where findings sit) comes from
     ``rng``, one independent stream per part: the same ``rng`` state with and without a finding

@@ -1,0 +1,191 @@
+"""The library entry points of ``cxrprobe compare`` and ``cxrprobe evaluate``, with their outputs.
+
+:func:`run_compare` and :func:`run_evaluate` compute the report and write every requested file
+(JSON, markdown, forest plot, subgroup plot, reliability diagram), each with a run record
+``<output>.run.json`` beside it (the command, its resolved configuration, versions and time).
+The CLI and the study plan both call them, so they produce the same files; a record is named
+after its own output, so one command's record never overwrites another's.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cxrprobe.errors import ConfigError
+from cxrprobe.outputs import check_output_location, output_errors
+from cxrprobe.progress import ProgressFactory
+from cxrprobe.provenance import (
+    atomic_write_json,
+    atomic_write_text,
+    to_jsonable,
+    write_run_record,
+)
+from cxrprobe.stats.groups import SubgroupSpec
+from cxrprobe.stats.plots import forest_plot, reliability_plot, subgroup_plot
+from cxrprobe.stats.render import markdown_report
+from cxrprobe.stats.report import BootstrapOptions, compare_files, evaluate_file, finish
+
+Output = str | os.PathLike | None
+_WRITERS = {
+    "out": lambda report, path: atomic_write_json(path, jsonable(report)),
+    "markdown": lambda report, path: atomic_write_text(path, markdown_report(report)),
+    "plot": forest_plot,
+    "subgroup_plot": subgroup_plot,
+    "reliability_plot": reliability_plot,
+}
+
+
+def jsonable(report: dict[str, Any]) -> Any:
+    """The report with numpy values converted and NaN / inf written as null (strict JSON)."""
+
+    def clean(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: clean(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [clean(v) for v in value]
+        if isinstance(value, float) and not np.isfinite(value):
+            return None
+        return value
+
+    return clean(to_jsonable(report))
+
+
+def run_record_path(output: str | os.PathLike) -> Path:
+    """Where an output's run record goes: ``<output>.run.json`` beside it."""
+    output = Path(output)
+    return output.with_name(output.name + ".run.json")
+
+
+def check_outputs(report: dict[str, Any], outputs: Mapping[str, Output]) -> None:
+    """Refuse figures the report has no data for (before anything is written)."""
+    if outputs.get("subgroup_plot") and not report["subgroups"]:
+        raise ConfigError("--subgroup-plot needs at least one --by field")
+    if outputs.get("reliability_plot") and not report["reliability"]:
+        raise ConfigError(
+            "--reliability-plot needs probabilities, but the scores are logits; calibration "
+            "needs probabilities (write the predictions with score_kind 'probability')"
+        )
+    if outputs.get("plot") and report["kind"] != "compare":
+        raise ConfigError("--plot draws the forest plot of a comparison; use it with compare")
+
+
+def write_report_outputs(
+    report: dict[str, Any],
+    outputs: Mapping[str, Output],
+    *,
+    command: str,
+    config: Mapping[str, Any],
+) -> list[Path]:
+    """Write each requested output (keys: out, markdown, plot, subgroup_plot, reliability_plot)
+    and its ``<output>.run.json`` record; return the outputs written."""
+    check_outputs(report, outputs)
+    written = []
+    for key, path in outputs.items():
+        if path is not None:
+            with output_errors(path):
+                written.append(_WRITERS[key](report, path))
+                write_run_record(run_record_path(path), command, config)
+    return written
+
+
+def _prepare(outputs: Mapping[str, Output], by: Sequence, **paths: Any) -> dict[str, Any]:
+    """Check the output locations and option combinations before any work; return the paths
+    (outputs and inputs) as ``Path`` so the run record writes them absolute."""
+    if outputs.get("subgroup_plot") is not None and not by:
+        raise ConfigError("--subgroup-plot needs at least one --by field")
+    for path in outputs.values():
+        if path is not None:
+            check_output_location(path, "file")
+    return {k: None if v is None else Path(v) for k, v in {**paths, **outputs}.items()}
+
+
+def run_compare(
+    file_a: str | os.PathLike,
+    file_b: str | os.PathLike,
+    options: BootstrapOptions,
+    *,
+    align: bool = False,
+    validation_a: str | os.PathLike | None = None,
+    validation_b: str | os.PathLike | None = None,
+    by: Sequence[str | SubgroupSpec] = (),
+    cells: Mapping[str, str] | None = None,
+    out: Output = None,
+    markdown: Output = None,
+    plot: Output = None,
+    subgroup_plot: Output = None,
+    reliability_plot: Output = None,
+    progress: ProgressFactory | None = None,
+) -> tuple[dict[str, Any], list[Path]]:
+    """Compare two predictions files and write the requested outputs with their run records.
+
+    ``cells`` ({"a": name, "b": name, "dataset": name}, from the study plan) names the models
+    in the report, the verdict and the figures instead of the file names. Returns the report
+    and the paths written.
+    """
+    outputs = dict(
+        out=out,
+        markdown=markdown,
+        plot=plot,
+        subgroup_plot=subgroup_plot,
+        reliability_plot=reliability_plot,
+    )
+    paths = _prepare(
+        outputs,
+        by,
+        file_a=file_a,
+        file_b=file_b,
+        validation_a=validation_a,
+        validation_b=validation_b,
+    )
+    config = {
+        **paths,
+        **asdict(options),
+        "align": align,
+        "by": [str(spec) for spec in by],
+        "cells": dict(cells) if cells else None,
+    }
+    report = compare_files(
+        file_a,
+        file_b,
+        options,
+        align=align,
+        validation_a=validation_a,
+        validation_b=validation_b,
+        by=by,
+        progress=progress,
+    )
+    if cells:
+        report["cells"] = dict(cells)
+        report["names"] = {key: cells[key] for key in ("a", "b")}
+        finish(report)
+    report["run"] = {"command": "cxrprobe compare", "config": config}
+    return report, write_report_outputs(report, outputs, command="cxrprobe compare", config=config)
+
+
+def run_evaluate(
+    file: str | os.PathLike,
+    options: BootstrapOptions,
+    *,
+    validation: str | os.PathLike | None = None,
+    by: Sequence[str | SubgroupSpec] = (),
+    out: Output = None,
+    markdown: Output = None,
+    subgroup_plot: Output = None,
+    reliability_plot: Output = None,
+    progress: ProgressFactory | None = None,
+) -> tuple[dict[str, Any], list[Path]]:
+    """Evaluate one predictions file and write the requested outputs with their run records."""
+    outputs = dict(
+        out=out, markdown=markdown, subgroup_plot=subgroup_plot, reliability_plot=reliability_plot
+    )
+    paths = _prepare(outputs, by, file=file, validation=validation)
+    config = {**paths, **asdict(options), "by": [str(spec) for spec in by]}
+    report = evaluate_file(file, options, validation=validation, by=by, progress=progress)
+    report["run"] = {"command": "cxrprobe evaluate", "config": config}
+    return report, write_report_outputs(report, outputs, command="cxrprobe evaluate", config=config)
