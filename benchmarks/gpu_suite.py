@@ -46,13 +46,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-TINY_VIT = '{"depth": 2, "embed_dim": 64, "num_heads": 2}'
+TINY_VIT = '{"depth":2,"embed_dim":64,"num_heads":2}'  # no spaces: argument strings are split
 
 
 @dataclass
@@ -83,104 +83,58 @@ class Step:
     timeout_s: int = 300
     compiles: bool = False
     workdir: bool = False  # pass --workdir: one folder per script (eager and compiled share)
-    result: dict[str, Any] = field(default_factory=dict)
 
 
 def steps() -> list[Step]:
-    boot_smoke = ["--device", "cpu", "--n", "3000", "--labels", "3", "--baseline-resamples", "1"]
-    extract_smoke = ["--device", "cpu", "--n", "64", "--batch-size", "16", "--size", "56"]
-    extract_smoke += ["--cache-size", "64", "--model-kwargs", TINY_VIT, "--workers", "0"]
+    boot_smoke = "--device cpu --n 3000 --labels 3 --baseline-resamples 1 --resamples"
+    extract = "--device cuda --n 50000 --size 224"
+    extract_smoke = f"--device cpu --n 64 --batch-size 16 --size 56 --cache-size 64 --workers 0 --model-kwargs {TINY_VIT}"
     extract_figures = [
         Figure("whole_run_over_forward", "ratio", "", ">= 0.9"),
         Figure("end_to_end_images_per_s", "end_to_end.images_per_s", "img/s", ">= 3000"),
         Figure("forward_only_images_per_s", "forward_only_images_per_s", "img/s"),
     ]
-    probe_smoke = ["--device", "cpu", "--n", "3000", "--findings", "3", "--grid", "0.01,1"]
-    probe_smoke += ["--compare", "sklearn"]  # the CPU stand-in for cuML
+    probe = "--device cuda --n 800000 --compare cuml --dim"
+    probe_smoke = "--device cpu --n 3000 --findings 3 --grid 0.01,1 --compare sklearn --dim"
 
-    def probe_figures(dim: int) -> list[Figure]:
+    def probe_figures(target: str | None) -> list[Figure]:
         return [
-            Figure("torch_total_s", "total_s", "s", "< 60" if dim == 768 else None),
+            Figure("torch_total_s", "total_s", "s", target),
             Figure("cuml_s", "cuml_s", "s"),
             Figure("cuml_max_val_auroc_gap", "cuml_max_val_auroc_gap", "", "< 0.005"),
         ]
 
+    def boot_figures(target: str) -> list[Figure]:
+        return [
+            Figure("bootstrap_s", "bootstrap_s", "s", target),
+            Figure("end_to_end_s", "end_to_end_s", "s"),
+        ]
+
+    finetune_figures = [
+        Figure("memory_images_per_s", "variants.memory.images_per_s", "img/s", ">= 800"),
+        Figure("cache_images_per_s", "variants.cache.images_per_s", "img/s"),
+    ]
+    tests_figures = [
+        Figure("passed", "passed", "tests"),
+        Figure("failed", "failed", "tests", "< 1"),
+    ]
+    table = [  # name, script, GPU arguments, smoke arguments, figures, timeout, compiles, workdir
+        ("gpu_tests", None, "-m gpu", "-m gpu --collect-only", tests_figures, 300, False, False),
+        ("bootstrap_100k", "bench_bootstrap.py", "--device cuda --n 100000 --labels 20 --resamples 1000",
+         f"{boot_smoke} 40", boot_figures("< 1"), 120, False, False),
+        ("bootstrap_800k", "bench_bootstrap.py", "--device cuda --n 800000 --labels 20 --resamples 10000 --baseline-resamples 1",
+         f"{boot_smoke} 80", boot_figures("< 60"), 240, False, False),
+        ("extract_eager", "bench_extract.py", extract, extract_smoke, extract_figures, 300, False, True),
+        ("extract_compiled", "bench_extract.py", f"{extract} --compile", f"{extract_smoke} --compile",
+         extract_figures, 300, True, True),
+        ("probe_768", "bench_probe.py", f"{probe} 768", f"{probe_smoke} 16", probe_figures("< 60"), 240, False, False),
+        ("probe_1536", "bench_probe.py", f"{probe} 1536", f"{probe_smoke} 32", probe_figures(None), 300, False, False),
+        ("finetune", "bench_finetune.py", "--device cuda --variants memory,cache",
+         "--tiny --steps 2 --variants memory,cache --num-workers 0", finetune_figures, 300, False, True),
+    ]  # fmt: skip
     return [
-        Step(
-            "gpu_tests",
-            None,
-            ["-m", "gpu"],
-            ["-m", "gpu", "--collect-only"],
-            [Figure("passed", "passed", "tests"), Figure("failed", "failed", "tests", "< 1")],
-            timeout_s=300,
-        ),
-        Step(
-            "bootstrap_100k",
-            "bench_bootstrap.py",
-            ["--device", "cuda", "--n", "100000", "--labels", "20", "--resamples", "1000"],
-            [*boot_smoke, "--resamples", "40"],
-            [
-                Figure("bootstrap_s", "bootstrap_s", "s", "< 1"),
-                Figure("end_to_end_s", "end_to_end_s", "s"),
-            ],
-            timeout_s=120,
-        ),
-        Step(
-            "bootstrap_800k",
-            "bench_bootstrap.py",
-            ["--device", "cuda", "--n", "800000", "--labels", "20", "--resamples", "10000"]
-            + ["--baseline-resamples", "1"],
-            [*boot_smoke, "--resamples", "80"],
-            [
-                Figure("bootstrap_s", "bootstrap_s", "s", "< 60"),
-                Figure("end_to_end_s", "end_to_end_s", "s"),
-            ],
-            timeout_s=240,
-        ),
-        Step(
-            "extract_eager",
-            "bench_extract.py",
-            ["--device", "cuda", "--n", "50000", "--size", "224"],
-            extract_smoke,
-            extract_figures,
-            workdir=True,
-        ),
-        Step(
-            "extract_compiled",
-            "bench_extract.py",
-            ["--device", "cuda", "--n", "50000", "--size", "224", "--compile"],
-            [*extract_smoke, "--compile"],
-            extract_figures,
-            compiles=True,
-            workdir=True,
-        ),
-        Step(
-            "probe_768",
-            "bench_probe.py",
-            ["--device", "cuda", "--n", "800000", "--dim", "768", "--compare", "cuml"],
-            [*probe_smoke, "--dim", "16"],
-            probe_figures(768),
-            timeout_s=240,
-        ),
-        Step(
-            "probe_1536",
-            "bench_probe.py",
-            ["--device", "cuda", "--n", "800000", "--dim", "1536", "--compare", "cuml"],
-            [*probe_smoke, "--dim", "32"],
-            probe_figures(1536),
-            timeout_s=300,
-        ),
-        Step(
-            "finetune",
-            "bench_finetune.py",
-            ["--device", "cuda", "--variants", "memory,cache"],
-            ["--tiny", "--steps", "2", "--variants", "memory,cache", "--num-workers", "0"],
-            [
-                Figure("memory_images_per_s", "variants.memory.images_per_s", "img/s", ">= 800"),
-                Figure("cache_images_per_s", "variants.cache.images_per_s", "img/s"),
-            ],
-            workdir=True,
-        ),
+        Step(name, script, gpu.split(), smoke.split(), figures, timeout, compiles, workdir)
+        for name, script, gpu, smoke, figures, timeout, compiles, workdir in table
     ]
 
 
@@ -272,8 +226,9 @@ def ensure_cuml() -> str | None:
         wanted = []
     if not wanted:
         return "cuML is not installed and cxrprobe's gpu extra lists nothing to install"
+    pip = [sys.executable, "-m", "pip", "install", "-q", "--retries", "1", "--timeout", "20"]
     done = subprocess.run(
-        [sys.executable, "-m", "pip", "install", "-q", *wanted],
+        [*pip, *wanted],
         capture_output=True,
         text=True,
         timeout=600,

@@ -15,6 +15,7 @@ from cxrprobe.errors import ConfigError
 from cxrprobe.stats.bootstrap import (
     AurocStatistic,
     RankStatistic,
+    evaluate_on_counts,
     make_resampler,
     run_bootstrap,
     weighted_auroc,
@@ -401,3 +402,31 @@ def test_numpy_and_torch_code_paths_agree_on_the_cpu(cluster):
         predicted = scores[:, col] >= thresholds[col]
         tp = counts[:, (targets[:, col] == 1) & predicted].sum(axis=1)
         np.testing.assert_array_equal(out["torch"]["rank"]["conf"][:, 0, col], tp)
+
+
+EDGE_LABELS = {  # targets, scores, threshold
+    "only positives": ([1, 1, 1, np.nan], [0.2, 0.5, 0.5, 0.9], 0.5),
+    "only negatives": ([0, 0, np.nan, 0], [0.2, 0.2, 0.1, 0.9], 0.3),
+    "nothing annotated": ([np.nan] * 4, [0.1, 0.2, 0.3, 0.4], 0.2),
+    "all scores tied": ([1, 0, 1, 0], [0.5] * 4, 0.5),
+    "threshold above all": ([1, 0, 1, 0], [0.1, 0.2, 0.3, 0.4], 0.9),
+    "threshold below all": ([1, 0, 1, 0], [0.1, 0.2, 0.3, 0.4], 0.0),
+}
+
+
+@pytest.mark.parametrize("case", EDGE_LABELS)
+def test_rank_statistic_edge_labels_against_direct_sums(case):
+    target, score, threshold = (np.array(v, dtype=float) for v in EDGE_LABELS[case])
+    counts = np.array([[1, 1, 1, 1], [2, 0, 1, 1], [0, 3, 0, 1]])
+    out = evaluate_on_counts(RankStatistic(target, score, np.array([threshold])), counts)
+    for b, w in enumerate(counts):
+        pos, neg = w * (target == 1), w * (target == 0)
+        predicted = score >= threshold
+        expected = [pos @ predicted, neg @ predicted, pos @ ~predicted, neg @ ~predicted]
+        np.testing.assert_array_equal(out["conf"][b, :, 0], expected)
+        keep = ~np.isnan(target) & (w > 0)
+        if len(set(target[keep])) < 2:
+            assert np.isnan(out["auc"][b, 0])
+        else:
+            reference = roc_auc_score(target[keep], score[keep], sample_weight=w[keep])
+            assert out["auc"][b, 0] == pytest.approx(reference, abs=1e-12)

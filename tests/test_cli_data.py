@@ -264,7 +264,8 @@ def test_study_plan_sets_blank_and_findings_per_dataset_and_per_stage(tmp_path):
         "probe": {"blank": "negative", "findings": "cardiomegaly,pleural_effusion"},
         "finetune": {"uncertain": "zero", "blank": "negative"},
     }
-    steps = {s.key: s for s in build_plan(study_from_mapping(raw, base=tmp_path))}
+    config = study_from_mapping(raw, base=tmp_path, commands=main.commands)
+    steps = {s.key: s for s in build_plan(config, main.commands)}
     manifest = steps["chexpert/manifest"]
     assert {k: manifest.params[k] for k in options} == options
     for flag in ("--blank negative", "--findings study-chexpert"):
@@ -276,7 +277,7 @@ def test_study_plan_sets_blank_and_findings_per_dataset_and_per_stage(tmp_path):
     assert [finetune[k] for k in ("uncertain", "blank", "findings")] == ["zero", "negative", None]
     raw["datasets"][0]["options"] = {"blank": "zero"}
     with pytest.raises(ConfigError, match="dataset 'chexpert' options blank = 'zero'"):
-        study_from_mapping(raw, base=tmp_path)
+        study_from_mapping(raw, base=tmp_path, commands=main.commands)
 
 
 # --- the real CheXpert table (skipped when ../shared/data/real is absent) --------------------------

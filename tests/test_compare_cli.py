@@ -498,3 +498,127 @@ def test_cluster_refusal_names_the_files(files, tmp_path):
         _run("compare", no_a, no_b, "--cluster", "patient"), f"neither {no_a} nor {no_b} has any"
     )
     _refusal(_run("evaluate", no_a, "--cluster", "patient"), f"but {no_a} has none")
+
+
+FOUR = ["cardiomegaly", "atelectasis", "pleural_effusion", "pneumothorax"]
+KEPT = "pleural_effusion, atelectasis"  # a subset spec, out of order on purpose
+
+
+def _four(n: int, seed: int):
+    """Targets of the four findings and two models (B better)."""
+    rng = np.random.default_rng(seed)
+    targets = (rng.random((n, 4)) < [0.3, 0.5, 0.3, 0.4]).astype(float)
+    targets[rng.random((n, 4)) < 0.1] = np.nan
+    signal = np.nan_to_num(targets)
+    return targets, *(1 / (1 + np.exp(-(w * signal + rng.normal(size=(n, 4))))) for w in (1, 2))
+
+
+@pytest.fixture
+def subset_files(tmp_path):
+    """Test and validation predictions of A and B on the four findings (A's test file also
+    scores edema, which B's lacks) in full/, and the same cut by hand to atelectasis and
+    pleural_effusion in cut/ (same file names, so the reports name the models alike)."""
+    test, val = _four(120, 1), _four(80, 2)
+    edema = np.random.default_rng(3).random((120, 1))
+    files = {}
+    for folder, cols in (("full", [0, 1, 2, 3]), ("cut", [1, 2])):
+        labels = [FOUR[c] for c in cols]
+        (t, a, b), (vt, va, vb) = ([x[:, cols] for x in split] for split in (test, val))
+        if folder == "full":
+            t_a, a, labels_a = np.c_[t, edema.round()], np.c_[a, edema], [*labels, "edema"]
+        else:
+            t_a, labels_a = t, labels
+        d = tmp_path / folder
+        files[folder] = [
+            _write(d / "a.json", t_a, a, labels=labels_a),
+            _write(d / "b.npz", t, b, labels=labels),
+            _write(d / "va.json", vt, va, labels=labels),
+            _write(d / "vb.json", vt, vb, labels=labels),
+        ]
+    return files
+
+
+def _results(report):
+    """What a report computed (its figures, not where its inputs lay)."""
+
+    def place_free(block):
+        return {k: v for k, v in block.items() if k != "chosen_on"}
+
+    thresholds = report["thresholds"]
+    return {
+        "labels": report["labels"],
+        "mean": report["mean"],
+        "reliability": report["reliability"],
+        "thresholds": {m: place_free(t) for m, t in thresholds.items()}
+        if report["kind"] == "compare"
+        else place_free(thresholds),
+    }
+
+
+def _report(tmp_path, name, *args):
+    out = tmp_path / f"{name}.json"
+    result = _run(*args, "-B", 60, "--seed", 4, "--device", "cpu", "--out", out)
+    assert result.exit_code == 0, result.output
+    return json.loads(out.read_text())
+
+
+def test_compare_findings_equals_hand_cut_files(subset_files, tmp_path):
+    full, cut = subset_files["full"], subset_files["cut"]
+    args = ("--validation-a", "{va}", "--validation-b", "{vb}")
+
+    def compare(files, *extra):
+        va, vb = str(files[2]), str(files[3])
+        filled = [x.format(va=va, vb=vb) for x in args]
+        return _report(tmp_path, f"r{len(extra)}", "compare", *files[:2], *filled, *extra)
+
+    # A's extra finding would make the full files unpaired; the subset is taken before pairing
+    _refusal(_run("compare", *full[:2]), "labels differ", "only in", "edema")
+    subset = compare(full, "--findings", KEPT)
+    reference = compare(cut)
+    assert [row["label"] for row in subset["labels"]] == ["atelectasis", "pleural_effusion"]
+    assert _results(subset) == _results(reference)
+    p = [row["p_bootstrap"] for row in subset["labels"]]  # FDR family: the kept labels only
+    assert [row["p_fdr"] for row in subset["labels"]] == pytest.approx(benjamini_hochberg(p))
+    config = subset["run"]["config"]
+    assert config["findings"] == KEPT and config["labels"] == ["atelectasis", "pleural_effusion"]
+    record = json.loads((tmp_path / "r2.json.run.json").read_text())["config"]
+    assert record["findings"] == KEPT and record["labels"] == config["labels"]
+    assert reference["run"]["config"]["findings"] is None
+
+
+def test_evaluate_findings_equals_hand_cut_file(subset_files, tmp_path):
+    full, cut = subset_files["full"], subset_files["cut"]
+    subset = _report(
+        tmp_path, "s", "evaluate", full[0], "--validation", full[2], "--findings", KEPT
+    )
+    reference = _report(tmp_path, "r", "evaluate", cut[0], "--validation", cut[2])
+    assert _results(subset) == _results(reference)
+    assert subset["models"]["a"]["labels"] == 5  # the file as read, before the subset
+    assert subset["run"]["config"]["labels"] == ["atelectasis", "pleural_effusion"]
+
+
+@pytest.mark.parametrize("command", ["compare", "evaluate"])
+def test_findings_refusals_list_what_exists(subset_files, command):
+    full = subset_files["full"]
+    files = full[:2] if command == "compare" else full[:1]
+    result = _run(command, *files, "--findings", "atelectasis,pleural_efusion")
+    _refusal(result, "unknown finding or set 'pleural_efusion'", "'pleural_effusion'?")
+    _refusal(result, "named sets: study-chestxray14", "findings: no_finding, ")
+    # compare: edema is only in A's file, so B's is named; evaluate: nodule is in neither
+    lacking, where, provides = (
+        ("edema", full[1], "cardiomegaly, atelectasis, pleural_effusion, pneumothorax")
+        if command == "compare"
+        else ("nodule", full[0], "cardiomegaly, atelectasis, edema, pleural_effusion, pneumothorax")
+    )
+    result = _run(command, *files, "--findings", f"cardiomegaly,{lacking}")
+    _refusal(result, f"{where} does not provide {lacking}; it provides: {provides}")
+    _refusal(_run(command, *files, "--findings", " , "), "--findings is empty")
+
+
+def test_findings_refusal_names_labels_outside_the_vocabulary(files):
+    path_a, path_b, *_ = files  # labels atelectasis, effusion (not an id), mass
+    _refusal(
+        _run("compare", path_a, path_b, "--findings", "pleural_effusion"),
+        f"{path_a} (labels: atelectasis, effusion, mass) does not provide pleural_effusion",
+        "it provides: mass, atelectasis",
+    )

@@ -264,7 +264,7 @@ def test_study_config_refuses_repeats_without_fractions(tmp_path):
         "probe": {"repeats": 3},
     }
     with pytest.raises(ConfigError, match=r"\[probe\] repeats needs train_fraction"):
-        study_from_mapping(raw, base=tmp_path)
+        study_from_mapping(raw, base=tmp_path, commands=main.commands)
 
 
 def test_report_curves_keep_evaluations_until_a_point_file_changes(store, tmp_path, monkeypatch):

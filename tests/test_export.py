@@ -7,9 +7,11 @@ import json
 import h5py
 import numpy as np
 import pytest
+from click.testing import CliRunner
 
 from cxrprobe.cache.embeddings import create_embeddings
 from cxrprobe.cache.export import LABEL_MISSING, decode_labels, encode_labels, export_h5, export_npz
+from cxrprobe.cli import main
 from tests.test_embeddings import features, metadata
 
 
@@ -64,3 +66,26 @@ def test_soft_labels_are_kept_as_float():
     np.testing.assert_array_equal(decode_labels(encode_labels(soft)), soft)
     hard = np.array([[1.0, np.nan], [-1.0, 0.0]], dtype=np.float32)
     assert encode_labels(hard).tolist() == [[1, LABEL_MISSING], [-1, 0]]
+
+
+@pytest.mark.parametrize("kind", ["h5", "npz"])
+def test_export_writes_its_run_record(tmp_path, emb, kind):
+    out = (export_h5 if kind == "h5" else export_npz)(emb, tmp_path / f"emb.{kind}")
+    record = json.loads((tmp_path / f"emb.{kind}.run.json").read_text())
+    assert record["command"] == "cxrprobe export"
+    expected = {"store": str(emb.path.absolute()), "h5": None, "npz": None, kind: str(out)}
+    assert record["config"] == expected and "numpy" in record["versions"]
+
+
+def test_cli_export_record_content(tmp_path, emb, monkeypatch):
+    """The command's record: the store and output paths as given, made absolute."""
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, ["export", "emb.zarr", "--npz", "sub/e.npz"])
+    assert result.exit_code == 0, result.output
+    record = json.loads((tmp_path / "sub" / "e.npz.run.json").read_text())
+    assert record["command"] == "cxrprobe export" and record["cwd"] == str(tmp_path)
+    assert record["config"] == {
+        "store": str(tmp_path / "emb.zarr"),
+        "h5": None,
+        "npz": str(tmp_path / "sub" / "e.npz"),
+    }

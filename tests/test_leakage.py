@@ -149,7 +149,8 @@ def test_study_tables_take_allow_leakage(tmp_path):
         '[[inits]]\nname = "r"\ninit = "random"\narch = "vit_base_patch16_224"\n'
         'methods = ["probe"]\n'
     )
-    steps = {s.stage: s for s in build_plan(load_study(tmp_path / "study.toml"))}
+    config = load_study(tmp_path / "study.toml", main.commands)
+    steps = {s.stage: s for s in build_plan(config, main.commands)}
     assert "--allow-leakage" in steps["manifest"].args and steps["manifest"].params["allow_leakage"]
     assert "--allow-leakage" in steps["probe"].args and steps["probe"].params["allow_leakage"]
 
@@ -199,7 +200,7 @@ def test_finetune_refuses_a_patient_in_two_splits_then_allows_and_records_it(tmp
 
 
 def test_finetune_option_and_study_key_set_allow_leakage(tmp_path):
-    from cxrprobe.cli.finetune import finetune_config
+    from cxrprobe.finetune.recipe import finetune_config
 
     (tmp_path / "study.toml").write_text(
         'out = "run"\n[finetune]\nallow_leakage = true\n'
@@ -207,7 +208,8 @@ def test_finetune_option_and_study_key_set_allow_leakage(tmp_path):
         '[[inits]]\nname = "r"\ninit = "random"\narch = "vit_base_patch16_224"\n'
         'methods = ["finetune"]\n'
     )
-    steps = {s.stage: s for s in build_plan(load_study(tmp_path / "study.toml"))}
+    config = load_study(tmp_path / "study.toml", main.commands)
+    steps = {s.stage: s for s in build_plan(config, main.commands)}
     assert "--allow-leakage" in steps["finetune"].args
     assert finetune_config(steps["finetune"].params).allow_leakage is True
     helped = CliRunner().invoke(main, ["finetune", "--help"])

@@ -20,9 +20,9 @@ from click.testing import CliRunner
 from cxrprobe.cache.source import from_arrays
 from cxrprobe.cache.store import RowMetadata
 from cxrprobe.cli import main
-from cxrprobe.cli.finetune import finetune_config
 from cxrprobe.data.preprocess import PRESETS
 from cxrprobe.finetune import FinetuneConfig, finetune
+from cxrprobe.finetune.recipe import finetune_config
 from cxrprobe.finetune.trainer import Classifier
 from cxrprobe.stats.predictions import read_predictions
 from tests.image_fixtures import make_image_dataset
@@ -312,7 +312,11 @@ def test_the_study_toml_recipe_key_round_trips_through_the_printed_command(tmp_p
         '[[inits]]\nname = "r"\ninit = "random"\narch = "vit_base_patch16_224"\n'
         'methods = ["finetune"]\n'
     )
-    step = next(s for s in build_plan(load_study(tmp_path / "study.toml")) if s.stage == "finetune")
+    step = next(
+        s
+        for s in build_plan(load_study(tmp_path / "study.toml", main.commands), main.commands)
+        if s.stage == "finetune"
+    )
     assert "--recipe study" in step.command
     words = shlex.split(step.command)
     config = finetune_config(main.commands["finetune"].make_context("finetune", words[2:]).params)

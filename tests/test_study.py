@@ -219,7 +219,7 @@ def test_config_problems_are_reported_together(tmp_path):
         '[[inits]]\nname = "a b"\n'
     )
     with pytest.raises(ConfigError) as info:
-        load_study(bad)
+        load_study(bad, main.commands)
     message = str(info.value)
     for expected in (
         "[[datasets]]",
@@ -234,7 +234,7 @@ def test_config_problems_are_reported_together(tmp_path):
 
 
 def test_relative_paths_resolve_against_the_config_folder(study_dir):
-    config = load_study(study_dir / "study.toml")
+    config = load_study(study_dir / "study.toml", main.commands)
     assert config.out == (study_dir / "run").resolve()
     assert config.datasets[0].root == (study_dir / "data").resolve()
     assert config.methods_of(config.inits[1]) == ("probe",)

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from cxrprobe.cli import main
 from cxrprobe.errors import ConfigError
 from cxrprobe.workflow.cells import Pretrain, init_pairs, pretraining_order
 from cxrprobe.workflow.config import study_from_mapping
@@ -31,7 +32,7 @@ def _study(tmp_path: Path, **top: Any) -> dict[str, Any]:
 
 
 def _load(tmp_path: Path, **top: Any):
-    return study_from_mapping(_study(tmp_path, **top), base=tmp_path)
+    return study_from_mapping(_study(tmp_path, **top), base=tmp_path, commands=main.commands)
 
 
 def _problems(tmp_path: Path, **top: Any) -> str:
@@ -42,7 +43,7 @@ def _problems(tmp_path: Path, **top: Any) -> str:
 
 def test_pretraining_runs_first_and_becomes_the_init_elsewhere(tmp_path):
     config = _load(tmp_path, methods=["finetune"], comparisons="all")
-    steps = {s.key: s for s in build_plan(config)}
+    steps = {s.key: s for s in build_plan(config, main.commands)}
     keys = list(steps)
     assert keys[:3] == ["mimic/manifest", "mimic/preprocess", "mimic/imagenet/finetune"]
     assert keys.count("mimic/imagenet/finetune") == 1  # the cell is the pretraining run
@@ -68,7 +69,10 @@ def test_pretraining_with_its_own_options_is_a_separate_run(tmp_path):
             },
         },
     ]
-    steps = {s.key: s for s in build_plan(_load(tmp_path, inits=inits, methods=["finetune"]))}
+    steps = {
+        s.key: s
+        for s in build_plan(_load(tmp_path, inits=inits, methods=["finetune"]), main.commands)
+    }
     pretrain = steps["mimic/_pretrain/mimic"]
     assert pretrain.params["epochs"] == 3 and pretrain.params["init"] == "random"
     run = (tmp_path / "run" / "mimic" / "_pretrain" / "mimic").resolve()
@@ -129,7 +133,7 @@ def test_exclusions_drop_cells_and_their_comparisons(tmp_path):
     config = _load(
         tmp_path, methods=["probe"], exclude=[["dinov2", "vindr"]], comparisons="reference"
     )
-    keys = [s.key for s in build_plan(config)]
+    keys = [s.key for s in build_plan(config, main.commands)]
     assert "vindr/dinov2/extract" not in keys and "mimic/dinov2/extract" in keys
     assert comparisons(config, "vindr") == []  # every pair has the reference, dinov2
     assert comparisons(config, "mimic") == [("dinov2/probe", "imagenet/probe")]
@@ -159,7 +163,7 @@ def test_existing_configs_keep_reference_comparisons(tmp_path):
     ]
     listed = _load(tmp_path, inits=inits, comparisons=[["p", "q"]])
     assert comparisons(listed, "vindr") == [("q/probe", "p/probe"), ("q/finetune", "p/finetune")]
-    steps = {s.key: s for s in build_plan(listed)}
+    steps = {s.key: s for s in build_plan(listed, main.commands)}
     finetunes = steps["vindr/compare/p/finetune_vs_q/finetune"].params
     assert finetunes["validation_a"].name == "val_predictions.json"
     assert finetunes["validation_a"].parent.name == "finetune"

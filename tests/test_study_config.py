@@ -72,10 +72,14 @@ def _expected(param: click.Parameter, value: Any, base: Path) -> Any:
 def _full_study(base: Path) -> dict[str, Any]:
     """A study whose tables set every option of every stage's command."""
     tables = {
-        stage: {key: _sample(param) for key, param in table_params(stage).items()}
+        stage: {key: _sample(param) for key, param in table_params(main.commands, stage).items()}
         for stage in ("preprocess", "extract", "probe", "finetune", "compare")
     }
-    manifest = {k: _sample(p) for k, p in table_params("manifest").items() if k not in READER_ONLY}
+    manifest = {
+        k: _sample(p)
+        for k, p in table_params(main.commands, "manifest").items()
+        if k not in READER_ONLY
+    }
     generic = {**manifest, "column_map": "inputs/columns.json"}
     return {
         "out": "run",
@@ -89,7 +93,7 @@ def _full_study(base: Path) -> dict[str, Any]:
                     "name": adapter,
                     "adapter": adapter,
                     "root": "data",
-                    "options": {key: _sample(table_params("manifest")[key])},
+                    "options": {key: _sample(table_params(main.commands, "manifest")[key])},
                 }
                 for key, adapter in READER_ONLY.items()
             ),
@@ -118,8 +122,8 @@ def _parsed(step) -> dict[str, Any]:
 
 def test_every_toml_key_of_every_stage_round_trips_through_the_printed_command(tmp_path):
     raw = _full_study(tmp_path)
-    config = study_from_mapping(raw, base=tmp_path)
-    steps = build_plan(config)
+    config = study_from_mapping(raw, base=tmp_path, commands=main.commands)
+    steps = build_plan(config, main.commands)
     tables = {
         "preprocess": raw["preprocess"],
         "extract": raw["extract"],
@@ -133,7 +137,7 @@ def test_every_toml_key_of_every_stage_round_trips_through_the_printed_command(t
         params = _parsed(step)
         dataset = step.key.split("/")[0]
         table = datasets[dataset] if step.stage == "manifest" else tables[step.stage]
-        by_key = table_params(step.stage)
+        by_key = table_params(main.commands, step.stage)
         if step.stage == "probe" and not step.key.endswith("/curve"):  # the curve step's keys
             table = {k: v for k, v in table.items() if k not in CURVE_KEYS}
             assert params["train_fractions"] is None and params["repeats"] == 1
@@ -150,17 +154,20 @@ def test_every_toml_key_of_every_stage_round_trips_through_the_printed_command(t
             assert (params["mean"], params["std"]) == (tuple(model["mean"]), tuple(model["std"]))
             assert params["init"] == "random" and params["arch"] == model["arch"]
     for stage, keys in covered.items():
-        assert keys == set(table_params(stage)), stage  # every option of every stage was tried
+        # every option of every stage was tried
+        assert keys == set(table_params(main.commands, stage)), stage
 
 
 def test_zero_and_false_values_reach_the_printed_command(tmp_path):
     raw = _full_study(tmp_path)
     raw["finetune"].update(weight_decay=0.0, hflip=0, rotate=0, patience=0)
-    steps = build_plan(study_from_mapping(raw, base=tmp_path))
+    steps = build_plan(
+        study_from_mapping(raw, base=tmp_path, commands=main.commands), main.commands
+    )
     finetune = next(s for s in steps if s.stage == "finetune")
     for flag in ("--weight-decay 0.0", "--hflip 0", "--rotate 0", "--patience 0"):
         assert flag in finetune.command
-    from cxrprobe.cli.finetune import finetune_config
+    from cxrprobe.finetune.recipe import finetune_config
 
     recipe = finetune_config(_parsed(finetune))
     assert (recipe.weight_decay, recipe.hflip, recipe.rotate) == (0.0, 0.0, 0.0)
@@ -199,7 +206,7 @@ def test_every_bad_value_is_reported_at_load_in_one_message(tmp_path):
     path = tmp_path / "bad.toml"
     path.write_text(BAD)
     with pytest.raises(ConfigError) as info:
-        load_study(path)
+        load_study(path, main.commands)
     message = str(info.value)
     for expected in (
         str(path),
@@ -249,7 +256,7 @@ def test_old_keys_still_work_with_a_deprecation_warning(tmp_path):
     path = tmp_path / "old.toml"
     path.write_text(OLD)
     with pytest.warns(DeprecationWarning) as caught:
-        config = load_study(path)
+        config = load_study(path, main.commands)
     assert len(caught) == 8
     assert config.extract == {"size": 56, "workers": 0}
     assert config.probe == {"select": "per-finding", "k": [5, 7]}
@@ -259,7 +266,7 @@ def test_old_keys_still_work_with_a_deprecation_warning(tmp_path):
         "val_fraction": 0.25,
         "test_fraction": 0.0,
     }
-    commands = {s.stage: s.command for s in build_plan(config)}
+    commands = {s.stage: s.command for s in build_plan(config, main.commands)}
     assert "--workers 0 --class-weight none" in commands["finetune"]
     assert "--val-fraction 0.25 --test-fraction 0.0" in commands["manifest"]
     result = CliRunner().invoke(main, ["study", str(path), "--dry-run"])
@@ -271,4 +278,4 @@ def test_old_keys_still_work_with_a_deprecation_warning(tmp_path):
     both = OLD.replace("ks = [5, 7]", "ks = [5, 7]\nk = [5]")
     path.write_text(both)
     with pytest.warns(DeprecationWarning), pytest.raises(ConfigError, match="sets both ks and k"):
-        load_study(path)
+        load_study(path, main.commands)

@@ -13,20 +13,22 @@ Both formats hold the same things (``docs/embeddings.md``):
 ``findings``, ``provenance``, ``identity``                 HDF5 attributes (JSON) / npz entries
 
 HDF5 is written uncompressed, in blocks of rows (flat memory), to a temporary file renamed into
-place. ``.npz`` keys use ``cls``/``mean``/``layers`` without the ``features/`` prefix.
+place. ``.npz`` keys use ``cls``/``mean``/``layers`` without the ``features/`` prefix. Each export
+gets its run record ``<out>.run.json`` beside it (the command, its config, versions, time).
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from cxrprobe.cache.embeddings import Embeddings, open_embeddings
-from cxrprobe.provenance import to_jsonable
+from cxrprobe.provenance import to_jsonable, write_run_record
 
 LABEL_MISSING = -128  # int8 code of "not annotated" in HDF5 labels
 _BLOCK_ROWS = 65536
@@ -38,6 +40,13 @@ def _as_embeddings(store: Embeddings | str | os.PathLike) -> Embeddings:
 
 def _json(value: Any) -> str:
     return json.dumps(to_jsonable(value), sort_keys=True)
+
+
+def _write_record(emb: Embeddings, out: Path, kind: str, record: Mapping[str, Any] | None) -> None:
+    """``<out>.run.json``: ``record`` (the command's config), by default the store and output."""
+    if record is None:
+        record = {"store": Path(emb.path), **{k: out if k == kind else None for k in ("h5", "npz")}}
+    write_run_record(out.with_name(out.name + ".run.json"), "cxrprobe export", record)
 
 
 def encode_labels(labels: np.ndarray) -> np.ndarray:
@@ -55,8 +64,13 @@ def decode_labels(labels: np.ndarray) -> np.ndarray:
     return labels.astype(np.float32)
 
 
-def export_h5(store: Embeddings | str | os.PathLike, out: str | os.PathLike) -> Path:
-    """Write ``store`` to an HDF5 file at ``out`` (see module docs for the layout)."""
+def export_h5(
+    store: Embeddings | str | os.PathLike,
+    out: str | os.PathLike,
+    record: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write ``store`` to an HDF5 file at ``out`` (see module docs for the layout) and its run
+    record (``record``: the config to record; default the store and output paths)."""
     import h5py
 
     emb = _as_embeddings(store)
@@ -95,11 +109,17 @@ def export_h5(store: Embeddings | str | os.PathLike, out: str | os.PathLike) -> 
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    _write_record(emb, out, "h5", record)
     return out
 
 
-def export_npz(store: Embeddings | str | os.PathLike, out: str | os.PathLike) -> Path:
-    """Write ``store`` to an uncompressed ``.npz`` at ``out`` (the whole store passes through memory)."""
+def export_npz(
+    store: Embeddings | str | os.PathLike,
+    out: str | os.PathLike,
+    record: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write ``store`` to an uncompressed ``.npz`` at ``out`` (the whole store passes through
+    memory) and its run record (``record`` as in :func:`export_h5`)."""
     emb = _as_embeddings(store)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -124,4 +144,5 @@ def export_npz(store: Embeddings | str | os.PathLike, out: str | os.PathLike) ->
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    _write_record(emb, out, "npz", record)
     return out

@@ -20,6 +20,7 @@ pending shards (:mod:`cxrprobe.cache.distributed`). The per-rank loop is
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import os
 import time
@@ -30,9 +31,9 @@ from cxrprobe.cache.distributed import run_on_main
 from cxrprobe.cache.embeddings import KIND, embedding_layout, feature_definitions
 from cxrprobe.cache.layout import write_run_files
 from cxrprobe.cache.pipeline import Extractor
-from cxrprobe.cache.source import ImageSource, from_dataset, open_source
+from cxrprobe.cache.source import ImageSource, check_image_source, from_dataset, open_source
 from cxrprobe.cache.store import RowStore
-from cxrprobe.data.preprocess import PreprocessConfig
+from cxrprobe.data.preprocess import PreprocessConfig, preset_config
 from cxrprobe.devices import barrier, torchrun_context
 from cxrprobe.errors import ConfigError
 from cxrprobe.outputs import WriterLock, check_output_location
@@ -278,3 +279,30 @@ def describe(summary: Mapping[str, Any]) -> str:
         f"{len(summary['failures'])} failures; computed {summary['computed']} images in "
         f"{summary['seconds']:.1f} s ({summary['images_per_s']:.1f} images/s)"
     )
+
+
+def extract_kwargs(params: Mapping[str, Any]) -> dict[str, Any]:
+    """:func:`extract_embeddings` keyword arguments of parsed ``cxrprobe extract`` options: the
+    library's parameters by name, with the command's spellings translated."""
+    check_image_source(
+        params["images"], params["manifest"], root=params["root"], preset=params["preset"]
+    )
+    values = {
+        **params,
+        "num_workers": params["workers"],
+        "preprocess": (
+            preset_config(params["preset"], size=params["img_size"])
+            if params["manifest"] is not None
+            else None
+        ),
+    }
+    accepted = inspect.signature(extract_embeddings).parameters
+    return {k: v for k, v in values.items() if k in accepted}
+
+
+def run_extract(params: Mapping[str, Any], progress: ProgressFactory | None) -> dict[str, Any]:
+    """Extract the embeddings of parsed ``cxrprobe extract`` options (the command and a study's
+    step both run this); returns the summary. The options (``--size`` as ``size``) are recorded
+    with the failures beside the store."""
+    record = {("size" if k == "img_size" else k): v for k, v in params.items()}
+    return extract_embeddings(**extract_kwargs(params), progress=progress, record=record)

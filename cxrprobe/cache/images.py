@@ -42,7 +42,12 @@ from cxrprobe.data.manifest import (
     read_manifest,
     validate_manifest,
 )
-from cxrprobe.data.preprocess import PREPROCESS_VERSION, PreprocessConfig, load_preprocessed
+from cxrprobe.data.preprocess import (
+    PREPROCESS_VERSION,
+    PreprocessConfig,
+    load_preprocessed,
+    preset_config,
+)
 from cxrprobe.errors import DataFormatError, DecodeError, IncompleteStoreError, InputFileError
 from cxrprobe.outputs import WriterLock, check_output_location
 from cxrprobe.progress import ProgressFactory, start_bar
@@ -132,6 +137,23 @@ def build_image_cache(
             }
             write_run_files(out, "cxrprobe preprocess", options, summary)
     return summary
+
+
+def build_cache(params: Mapping[str, Any], progress: ProgressFactory | None) -> dict[str, Any]:
+    """Build the image cache of parsed ``cxrprobe preprocess`` options (the command and a study's
+    step both run this): the preset with the settings given; returns the summary."""
+    settings = {k: params[k] for k in ("size", "aspect", "equalize", "minmax", "resample")}
+    return build_image_cache(
+        params["manifest"],
+        params["root"],
+        params["out"],
+        preset_config(params["preset"], **settings),
+        workers=params["workers"],
+        shard_rows=params["shard_rows"],
+        overwrite=params["overwrite"],
+        progress=progress,
+        record={"preset": params["preset"]},
+    )
 
 
 def _build(

@@ -16,12 +16,13 @@ from typing import Any
 
 import numpy as np
 
-from cxrprobe.cache.source import Item
 from cxrprobe.data.decode import _pillow_to_gray, color_to_gray
 from cxrprobe.data.preprocess import PreprocessConfig, preprocess
 from cxrprobe.errors import DataFormatError, DecodeError
 
 _IMAGE_KEYS, _LABEL_KEYS, _ID_KEYS = ("img", "image"), ("lab", "labels"), ("id", "image_id")
+# A per-row dataset's item: (row, uint8 image or None, one-line error or None).
+Item = tuple[int, "np.ndarray | None", "str | None"]
 _UNIT_SCALE = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}  # as an 8/16-bit PNG
 
 

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from cxrprobe.cache.images import RECORDED_ERRORS, ImageCache, open_images
+from cxrprobe.cache.items import DatasetImages, Item, scan_items
 from cxrprobe.cache.store import RowMetadata
 from cxrprobe.data.decode import image_paths
 from cxrprobe.data.preprocess import PreprocessConfig, load_preprocessed
@@ -37,7 +38,6 @@ if TYPE_CHECKING:
     import torch
     from torch.utils.data import DataLoader
 
-Item = tuple[int, "np.ndarray | None", "str | None"]
 IMAGE_CACHE, RAW_FILES, ARRAYS, DATASET = "image-cache", "raw-files", "arrays", "dataset"
 
 
@@ -288,7 +288,6 @@ def from_dataset(
     (every image is loaded once more, so give them for large datasets). ``patient_ids`` and
     ``split`` (one value for every row, or one per row) default to empty strings.
     """
-    from cxrprobe.cache.items import DatasetImages, scan_items
     from cxrprobe.data.preprocess import PREPROCESS_VERSION
 
     cfg = cfg or PreprocessConfig()
@@ -373,3 +372,29 @@ def open_source(
             )
         return from_cache(images)
     return from_manifest(manifest, root, (preprocess or PreprocessConfig()).with_size(size))
+
+
+def check_image_source(images: Any, manifest: Any, **raw_only: Any) -> None:
+    """The commands' image-source options: exactly one of ``--images``/``--manifest``, and the
+    raw-file options (``raw_only``, by parameter name) only with ``--manifest``; ConfigError
+    naming the options otherwise."""
+    if images is None and manifest is None:
+        raise ConfigError(
+            "give either --images CACHE (from `cxrprobe preprocess`) or --manifest M --root DIR"
+        )
+    if images is not None and manifest is not None:
+        raise ConfigError(
+            "--images and --manifest exclude each other: read the cache or raw files, not both"
+        )
+    given = [_flag(name) for name, value in raw_only.items() if value is not None]
+    if given and manifest is None:
+        names = [_flag(name) for name in raw_only]
+        listed = ", ".join(names[:-1]) + " and " + names[-1] if len(names) > 1 else names[0]
+        raise ConfigError(
+            f"{listed} go with --manifest (raw files), not with --images (given: {', '.join(given)}); "
+            "the cache was preprocessed already"
+        )
+
+
+def _flag(name: str) -> str:
+    return "--equalize/--no-equalize" if name == "equalize" else "--" + name.replace("_", "-")

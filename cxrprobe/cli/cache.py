@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -11,14 +10,12 @@ import click
 
 from cxrprobe.cli.options import (
     RegistryChoice,
-    check_image_source,
     device_option,
     image_source_options,
     model_options,
-    raw_preprocess,
     workers_option,
 )
-from cxrprobe.cli.output import RESUMABLE, library_errors, progress, record
+from cxrprobe.cli.output import RESUMABLE, library_errors, progress
 from cxrprobe.devices import is_main_rank
 
 SHOWN_FAILURES = 5
@@ -96,7 +93,7 @@ def extract(**params: Any) -> None:
         cxrprobe extract --init dinov2 --weights dinov2_vitb14_pretrain.pth --images images.zarr --out emb.zarr
         torchrun --nproc_per_node 8 --no-python cxrprobe extract --init imagenet --images images.zarr --out emb.zarr
     """
-    from cxrprobe.cache.extract import describe
+    from cxrprobe.cache.extract import describe, run_extract
 
     out = params["out"]
     with library_errors(RESUMABLE):
@@ -117,38 +114,6 @@ def extract(**params: Any) -> None:
             f"  ... and {len(failures) - SHOWN_FAILURES} more (all in {failures_file})",
             err=True,
         )
-
-
-def extract_kwargs(params: Mapping[str, Any]) -> dict[str, Any]:
-    """``extract_embeddings`` keyword arguments of parsed ``extract`` options (a study's step
-    calls it with them too): the library's parameters by name, with the CLI's spellings translated."""
-    import inspect
-
-    from cxrprobe.cache.extract import extract_embeddings
-
-    check_image_source(
-        params["images"], params["manifest"], root=params["root"], preset=params["preset"]
-    )
-    values = {
-        **params,
-        "num_workers": params["workers"],
-        "preprocess": (
-            raw_preprocess(params["preset"], params["img_size"])
-            if params["manifest"] is not None
-            else None
-        ),
-    }
-    accepted = inspect.signature(extract_embeddings).parameters
-    return {k: v for k, v in values.items() if k in accepted}
-
-
-def run_extract(params: Mapping[str, Any], progress: Any) -> dict[str, Any]:
-    """Extract the embeddings of parsed ``extract`` options; returns the library's summary. The
-    library records the options (``--size`` as ``size``) and failures beside the store."""
-    from cxrprobe.cache.extract import extract_embeddings
-
-    record = {("size" if k == "img_size" else k): v for k, v in params.items()}
-    return extract_embeddings(**extract_kwargs(params), progress=progress, record=record)
 
 
 @click.command()
@@ -211,16 +176,8 @@ def export(store, h5, npz) -> None:
     out = h5 or npz
     with library_errors():
         emb = open_embeddings(store)
-        (export_h5 if h5 is not None else export_npz)(emb, out)
-    record(
-        out.with_name(out.name + ".run.json"),
-        "export",
-        {
-            "store": str(store),
-            "h5": None if h5 is None else str(h5),
-            "npz": None if npz is None else str(npz),
-        },
-    )
+        config = {"store": store, "h5": h5, "npz": npz}
+        (export_h5 if h5 is not None else export_npz)(emb, out, record=config)
     click.echo(
         f"{store} -> {out}: {len(emb)} rows, features {', '.join(emb.feature_kinds)} (D={emb.dim}), "
         f"{int(emb.failed.sum())} failed rows"

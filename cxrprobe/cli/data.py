@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import textwrap
-from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -12,9 +11,7 @@ import click
 
 from cxrprobe.cli.options import RegistryChoice, RenamingCommand, seed_option
 from cxrprobe.cli.output import library_errors, progress
-from cxrprobe.errors import ConfigError
 
-READER_OPTIONS = ("labels_csv", "column_map", "aggregation", "labeler")
 _RENAMED = {
     "--output": ("--out",),
     "--val-frac": ("--val-fraction",),
@@ -213,6 +210,7 @@ def manifest(dataset: str, root: Path, out: Path, **options: Any) -> None:
         cxrprobe manifest chexpert --root /data/chexpert --views frontal --uncertain zero \\
             --blank negative --findings study-chexpert --out chexpert.parquet
     """
+    from cxrprobe.data.adapters import build_manifest
     from cxrprobe.data.manifest import prevalence, run_record_path
 
     with library_errors(), progress(2, f"manifest {dataset}", unit="step") as bar:
@@ -222,48 +220,6 @@ def manifest(dataset: str, root: Path, out: Path, **options: Any) -> None:
         f"wrote {out} ({len(df)} images, {df['patient_id'].nunique()} patients) and "
         f"{run_record_path(out).name}"
     )
-
-
-def build_manifest(
-    dataset: str,
-    root: Path,
-    out: Path,
-    options: Mapping[str, Any],
-    done: Callable[[], Any] = lambda: None,
-) -> tuple[Any, Any, dict[str, Any]]:
-    """Build and write the manifest of parsed ``manifest`` options (a study's step runs this too);
-    ``done()`` is called after building and after writing. Returns the manifest, the adapter and
-    the options given (those not None), as the adapter took them. The run record goes beside the
-    manifest (:func:`cxrprobe.data.manifest.write_manifest`)."""
-    from cxrprobe.data.adapters import get_adapter
-    from cxrprobe.data.manifest import write_manifest
-
-    adapter = get_adapter(dataset)
-    from cxrprobe.data.tables import csv_encoding
-
-    given = {k: v for k, v in options.items() if v is not None}
-    encoding = given.pop("encoding", None)
-    for name in READER_OPTIONS:
-        if name in given and name not in adapter.options:
-            raise ConfigError(
-                f"--{name.replace('_', '-')} does not apply to {dataset} "
-                f"(its own options: {', '.join('--' + o.replace('_', '-') for o in adapter.options)})"
-            )
-    with csv_encoding(encoding):
-        df = adapter.build(root, **given)
-    if encoding is not None:
-        given["encoding"] = encoding  # recorded with the other options
-    done()
-    record = {
-        "dataset": dataset,
-        "root": Path(root).resolve(),
-        "out": Path(out).resolve(),
-        "options": given,
-        "label_map": adapter.label_map.source,
-    }
-    write_manifest(df, out, command=f"cxrprobe manifest {dataset}", record=record)
-    done()
-    return df, adapter, given
 
 
 COMMANDS = [datasets, manifest]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -13,11 +12,9 @@ from cxrprobe.cli.options import (
     CLASS_WEIGHT_CHOICE,
     RegistryChoice,
     RenamingCommand,
-    check_image_source,
     device_option,
     image_source_options,
     model_options,
-    raw_preprocess,
     seed_option,
     workers_option,
 )
@@ -240,6 +237,7 @@ def finetune(**params: Any) -> None:
         torchrun --nproc_per_node 4 $(which cxrprobe) finetune --init imagenet --images images_224.zarr --schedule cosine --warmup-epochs 1 --layer-decay 0.75 --out runs/imagenet_ft
     """
     from cxrprobe.finetune import format_summary
+    from cxrprobe.finetune.recipe import run_finetune
 
     out = params["out"]
     with library_errors():
@@ -248,52 +246,6 @@ def finetune(**params: Any) -> None:
         click.echo(format_summary(result.summary))
         if result.finished:
             click.echo(f"wrote {out / 'predictions.json'} (test split) and {out / 'summary.json'}")
-
-
-def finetune_config(params: Mapping[str, Any]) -> Any:
-    """The ``FinetuneConfig`` of parsed ``finetune`` options (a study's step builds it the same
-    way): the options given (None: not given), by the library's names, over ``--recipe``'s."""
-    from dataclasses import fields
-
-    from cxrprobe.finetune import FinetuneConfig
-
-    weights, class_weight = params["weights"], params["class_weight"]
-    values = {
-        **params,
-        "weights": None if weights is None else str(weights),
-        "class_weights": None if class_weight is None else class_weight == "pos_weight",
-        "num_workers": params["workers"],
-    }
-    names = {f.name for f in fields(FinetuneConfig)} - {"recipe", "recipe_filled"}
-    given = {name: values[name] for name in names if values.get(name) is not None}
-    if params["patience"] == 0:
-        given["patience"] = None  # 0: never stop early
-    return FinetuneConfig.from_recipe(params.get("recipe") or "modern", **given)
-
-
-def run_finetune(params: Mapping[str, Any], progress: Any) -> Any:
-    """Fine-tune with parsed ``finetune`` options on their image source; returns the result."""
-    from cxrprobe.cache.source import from_cache, from_manifest
-    from cxrprobe.finetune import finetune
-    from cxrprobe.finetune.recipe import RECIPE_PRESETS
-
-    raw = {k: params[k] for k in ("root", "preset", "aspect", "equalize")}
-    check_image_source(params["images"], params["manifest"], **raw)
-    config = finetune_config(params)
-    if params["images"] is not None:
-        source = from_cache(params["images"])
-    else:
-        preset = params["preset"] or RECIPE_PRESETS[config.recipe]  # None: the default preset
-        settings = raw_preprocess(preset, config.size, raw["aspect"], raw["equalize"])
-        source = from_manifest(params["manifest"], params["root"], settings)
-    return finetune(
-        config,
-        source,
-        params["out"],
-        resume=params["resume"],
-        overwrite=params["overwrite"],
-        progress=progress,
-    )
 
 
 COMMANDS = [finetune]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +12,6 @@ from cxrprobe.cli.options import ASPECT_CHOICE, PRESET_CHOICE, RegistryChoice, w
 from cxrprobe.cli.output import RESUMABLE, library_errors, progress
 
 SHOWN_FAILURES = 5
-_SETTINGS = ("size", "aspect", "equalize", "minmax", "resample")  # PreprocessConfig overrides
 
 
 @click.command()
@@ -93,6 +91,7 @@ def preprocess(**params: Any) -> None:
     \b
         cxrprobe preprocess --manifest manifest.parquet --root /data/cxr14 --size 512 --out images_512.zarr --preset paper
     """
+    from cxrprobe.cache.images import build_cache
     from cxrprobe.cache.layout import StoreFiles
 
     out = params["out"]
@@ -117,34 +116,6 @@ def preprocess(**params: Any) -> None:
         click.echo(f"  ... and {len(failures) - SHOWN_FAILURES} more", err=True)
     if failures:
         click.echo(f"failures listed in {failures_file}", err=True)
-
-
-def preprocess_config(params: Mapping[str, Any]) -> Any:
-    """The ``PreprocessConfig`` of parsed ``preprocess`` options: the preset, with what was given."""
-    from dataclasses import replace
-
-    from cxrprobe.data.preprocess import PRESETS
-
-    given = {k: params[k] for k in _SETTINGS if params[k] is not None}
-    return replace(PRESETS[params["preset"]], **given)
-
-
-def build_cache(params: Mapping[str, Any], progress: Any) -> dict[str, Any]:
-    """Build the image cache of parsed ``preprocess`` options (a study's step runs this too);
-    the library writes its run record and failures beside the store."""
-    from cxrprobe.cache.images import build_image_cache
-
-    return build_image_cache(
-        params["manifest"],
-        params["root"],
-        params["out"],
-        preprocess_config(params),
-        workers=params["workers"],
-        shard_rows=params["shard_rows"],
-        overwrite=params["overwrite"],
-        progress=progress,
-        record={"preset": params["preset"]},
-    )
 
 
 COMMANDS = [preprocess]

@@ -1,4 +1,4 @@
-"""The options several commands share, with their checks: device, seed, model, image source;
+"""The options several commands share: device, seed and model (with their checks), image source;
 choices read from the library's registries; list-valued options; and the old spellings of renamed
 options, which still work for one release."""
 
@@ -38,6 +38,7 @@ class CommaList(click.ParamType):
     study TOML file) is taken item by item, so the file and the command line give the same tuple."""
 
     name = "list"
+    comma_separated = True  # how the study's command lines say a list (cxrprobe.workflow.commands)
 
     def __init__(self, item: click.ParamType = click.STRING) -> None:
         self.item = item
@@ -208,7 +209,8 @@ CLASS_WEIGHT_CHOICE = RegistryChoice("cxrprobe.probe.linear:CLASS_WEIGHTS")
 
 def image_source_options(raw_settings: bool = False) -> Callable:
     """``--images`` or ``--manifest`` (+ ``--root``, ``--preset``; with ``raw_settings`` also
-    ``--aspect`` and ``--equalize/--no-equalize``). Check them with :func:`check_image_source`."""
+    ``--aspect`` and ``--equalize/--no-equalize``). The library checks them
+    (:func:`cxrprobe.cache.source.check_image_source`)."""
     options = [
         click.option(
             "--images",
@@ -251,42 +253,3 @@ def image_source_options(raw_settings: bool = False) -> Callable:
             ),
         ]
     return stack_options(*options)
-
-
-def check_image_source(images: Any, manifest: Any, **raw_only: Any) -> None:
-    """Exactly one of ``--images``/``--manifest``; the raw-file options (``raw_only``, by parameter
-    name) only with ``--manifest``. UsageError otherwise."""
-    if images is None and manifest is None:
-        raise click.UsageError(
-            "give either --images CACHE (from `cxrprobe preprocess`) or --manifest M --root DIR"
-        )
-    if images is not None and manifest is not None:
-        raise click.UsageError(
-            "--images and --manifest exclude each other: read the cache or raw files, not both"
-        )
-    given = [_flag(name) for name, value in raw_only.items() if value is not None]
-    if given and manifest is None:
-        names = [_flag(name) for name in raw_only]
-        listed = ", ".join(names[:-1]) + " and " + names[-1] if len(names) > 1 else names[0]
-        raise click.UsageError(
-            f"{listed} go with --manifest (raw files), not with --images (given: {', '.join(given)}); "
-            "the cache was preprocessed already"
-        )
-
-
-def _flag(name: str) -> str:
-    return "--equalize/--no-equalize" if name == "equalize" else "--" + name.replace("_", "-")
-
-
-def raw_preprocess(
-    preset: str | None, size: int, aspect: str | None = None, equalize: bool | None = None
-) -> Any:
-    """The ``PreprocessConfig`` for raw files: ``preset`` (default 'default') at ``size`` with overrides."""
-    from dataclasses import replace
-
-    from cxrprobe.data.preprocess import PRESETS
-
-    overrides = {"size": size, "aspect": aspect, "equalize": equalize}
-    return replace(
-        PRESETS[preset or "default"], **{k: v for k, v in overrides.items() if v is not None}
-    )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -250,21 +249,14 @@ def probe(**params: Any) -> None:
             --out probes/dinov2_curve.json
     """
     from cxrprobe.probe.curves import format_curve
-    from cxrprobe.probe.run import run_probe
+    from cxrprobe.probe.run import ProbeConfig, run_probe
     from cxrprobe.probe.summary import format_summary
 
     with library_errors():
-        summary = run_probe(probe_config(params), progress=progress_in("iter"))
+        summary = run_probe(ProbeConfig(**params), progress=progress_in("iter"))
     curve = params["train_fractions"] is not None
     for line in (format_curve if curve else format_summary)(summary):
         click.echo(line)
-
-
-def probe_config(params: Mapping[str, Any]) -> Any:
-    """The ``ProbeConfig`` of parsed ``probe`` options (a study's step builds it the same way)."""
-    from cxrprobe.probe.run import ProbeConfig
-
-    return ProbeConfig(**params)
 
 
 COMMANDS = [probe]

@@ -14,7 +14,7 @@ _FILE = click.Path(dir_okay=False, path_type=Path)
 
 def _bootstrap_options(command):
     """Options shared by compare and evaluate (resampling, device, CIs, label families,
-    calibration, subgroups, outputs)."""
+    calibration, subgroups, finding subset, outputs)."""
     options = [
         click.option(
             "--resamples",
@@ -77,6 +77,14 @@ def _bootstrap_options(command):
             multiple=True,
             help="Subgroup field of the predictions: 'sex', 'view', or numeric bins "
             "'age:0,40,60,80'; repeat for several.",
+        ),
+        click.option(
+            "--findings",
+            metavar="SPEC",
+            default=None,
+            help="Score only these of the files' findings (they alone form the FDR family): a "
+            "named set (study-chexpert), finding ids, or both, comma-separated; default all. "
+            "`cxrprobe datasets` lists the sets.",
         ),
         click.option("--out", type=_FILE, default=None, help="Write the JSON report here."),
         click.option("--markdown", type=_FILE, default=None, help="Write a markdown report."),
@@ -155,7 +163,9 @@ def compare(file_a: Path, file_b: Path, **kw) -> None:
 
     Example:
 
+    \b
         cxrprobe compare imagenet.json dinov2.json --by sex --out cmp.json --plot cmp.png --markdown cmp.md
+        cxrprobe compare imagenet.json dinov2.json --findings study-chexpert --out cmp_chexpert.json
     """
     from cxrprobe.stats.outputs import run_compare
 
@@ -168,6 +178,7 @@ def compare(file_a: Path, file_b: Path, **kw) -> None:
             validation_a=kw["validation_a"],
             validation_b=kw["validation_b"],
             by=kw["by"],
+            findings=kw["findings"],
             out=kw["out"],
             markdown=kw["markdown"],
             plot=kw["plot"],
@@ -205,6 +216,7 @@ def evaluate(file: Path, **kw) -> None:
             _options(kw),
             validation=kw["validation"],
             by=kw["by"],
+            findings=kw["findings"],
             out=kw["out"],
             markdown=kw["markdown"],
             subgroup_plot=kw["subgroup_plot"],

@@ -55,6 +55,14 @@ def _warn_stale(study: dict[str, Any]) -> None:
         )
 
 
+def stage_commands() -> dict[str, click.Command]:
+    """The commands a study's steps run, by name: handed to the workflow, which writes and parses
+    each step's command line with them (the workflow never imports the CLI)."""
+    from cxrprobe.cli import cache, data, finetune, images, probe, stats
+
+    return {c.name: c for m in (data, images, cache, probe, finetune, stats) for c in m.COMMANDS}
+
+
 def _echo_study(study: dict[str, Any]) -> None:
     from cxrprobe.workflow.report import study_markdown
 
@@ -124,6 +132,7 @@ def demo(
     with library_errors():
         result = run_demo(
             out,
+            commands=stage_commands(),
             n=n,
             seed=seed,
             weights_dir=weights_dir,
@@ -228,13 +237,14 @@ def study(config: Path | None, dry_run: bool, template: str | None) -> None:
     from cxrprobe.workflow.report import write_study_report
     from cxrprobe.workflow.state import plan_states, run_plan
 
+    commands = stage_commands()
     with library_errors():
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", DeprecationWarning)
-            cfg = load_study(config)
+            cfg = load_study(config, commands)
         for warning in caught:
             click.echo(f"Warning: {warning.message}", err=True)
-        steps = build_plan(cfg)
+        steps = build_plan(cfg, commands)
         if dry_run:
             _echo_states(plan_states(steps, cfg.out), cfg.out)
             return

@@ -30,6 +30,9 @@ from cxrprobe.data.manifest import validate_manifest
 from cxrprobe.data.policies import LABEL_POLICIES_DOC, Policies, apply_policies
 from cxrprobe.errors import ConfigError, InputFileError
 
+# Options only some adapters read (each adapter lists its own in ``Adapter.options``).
+READER_OPTIONS = ("labels_csv", "column_map", "aggregation", "labeler")
+
 
 @dataclass(frozen=True)
 class Adapter:
@@ -136,6 +139,47 @@ def get_adapter(name: str) -> Adapter:
         return ADAPTERS[name]
     except KeyError:
         raise ConfigError(f"unknown dataset {name!r}; known: {', '.join(ADAPTERS)}") from None
+
+
+def build_manifest(
+    dataset: str,
+    root: str | os.PathLike,
+    out: str | os.PathLike,
+    options: Mapping[str, Any],
+    done: Callable[[], Any] = lambda: None,
+) -> tuple[pd.DataFrame, Adapter, dict[str, Any]]:
+    """Build and write the manifest of parsed ``cxrprobe manifest`` options (``options``: the
+    adapter's keywords, ``encoding`` and ``findings``; None: not given); the command and a study's
+    step both run this. ``done()`` is called after building and after writing. Returns the
+    manifest, the adapter and the options given, as the adapter took them; the run record goes
+    beside the manifest (:func:`cxrprobe.data.manifest.write_manifest`)."""
+    from cxrprobe.data.manifest import write_manifest
+    from cxrprobe.data.tables import csv_encoding
+
+    adapter = get_adapter(dataset)
+    given = {k: v for k, v in options.items() if v is not None}
+    encoding = given.pop("encoding", None)
+    for name in READER_OPTIONS:
+        if name in given and name not in adapter.options:
+            raise ConfigError(
+                f"--{name.replace('_', '-')} does not apply to {dataset} "
+                f"(its own options: {', '.join('--' + o.replace('_', '-') for o in adapter.options)})"
+            )
+    with csv_encoding(encoding):
+        df = adapter.build(root, **given)
+    if encoding is not None:
+        given["encoding"] = encoding  # recorded with the other options
+    done()
+    record = {
+        "dataset": dataset,
+        "root": Path(root).resolve(),
+        "out": Path(out).resolve(),
+        "options": given,
+        "label_map": adapter.label_map.source,
+    }
+    write_manifest(df, out, command=f"cxrprobe manifest {dataset}", record=record)
+    done()
+    return df, adapter, given
 
 
 def findings_table() -> pd.DataFrame:

@@ -134,6 +134,12 @@ PRESETS: dict[str, PreprocessConfig] = {
 }
 
 
+def preset_config(preset: str | None, **overrides: Any) -> PreprocessConfig:
+    """The settings of ``preset`` (None: 'default') with the ``overrides`` that are not None:
+    what the commands' ``--preset``, ``--size``, ``--aspect``... options mean together."""
+    given = {k: v for k, v in overrides.items() if v is not None}
+    return replace(PRESETS[preset or "default"], **given)
+
 def preprocess(gray: np.ndarray, cfg: PreprocessConfig, invert: bool = False) -> np.ndarray:
     """Decoded grayscale (H, W) → uint8 (size, size), by the steps in the module docs.
 

@@ -36,13 +36,14 @@ A run folder holds::
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from cxrprobe.cache.source import ImageSource
+from cxrprobe.cache.source import ImageSource, check_image_source, from_cache, from_manifest
 from cxrprobe.data.finding_sets import resolve_findings
-from cxrprobe.data.preprocess import NO_NORMALIZATION, PRESETS
+from cxrprobe.data.preprocess import NO_NORMALIZATION, PRESETS, preset_config
 from cxrprobe.data.targets import BLANK_POLICIES, UNCERTAIN_POLICIES
 from cxrprobe.errors import ConfigError
 from cxrprobe.finetune.augment import ROTATE_MODES
@@ -303,3 +304,44 @@ def check_preprocessing(recipe: str, source: ImageSource | None) -> None:
             preset,
             recipe,
         )
+
+
+def finetune_config(params: Mapping[str, Any]) -> FinetuneConfig:
+    """The ``FinetuneConfig`` of parsed ``cxrprobe finetune`` options: the options given (None:
+    not given), by the library's names, over ``--recipe``'s."""
+    weights, class_weight = params["weights"], params["class_weight"]
+    values = {
+        **params,
+        "weights": None if weights is None else str(weights),
+        "class_weights": None if class_weight is None else class_weight == "pos_weight",
+        "num_workers": params["workers"],
+    }
+    names = {f.name for f in fields(FinetuneConfig)} - {"recipe", "recipe_filled"}
+    given = {name: values[name] for name in names if values.get(name) is not None}
+    if params["patience"] == 0:
+        given["patience"] = None  # 0: never stop early
+    return FinetuneConfig.from_recipe(params.get("recipe") or "modern", **given)
+
+
+def run_finetune(params: Mapping[str, Any], progress: ProgressFactory | None) -> FinetuneResult:
+    """Fine-tune with parsed ``cxrprobe finetune`` options on the image source they name (the
+    command and a study's step both run this); returns the result."""
+    raw = {k: params[k] for k in ("root", "preset", "aspect", "equalize")}
+    check_image_source(params["images"], params["manifest"], **raw)
+    config = finetune_config(params)
+    if params["images"] is not None:
+        source = from_cache(params["images"])
+    else:
+        preset = params["preset"] or RECIPE_PRESETS[config.recipe]  # None: the default preset
+        settings = preset_config(
+            preset, size=config.size, aspect=raw["aspect"], equalize=raw["equalize"]
+        )
+        source = from_manifest(params["manifest"], params["root"], settings)
+    return finetune(
+        config,
+        source,
+        params["out"],
+        resume=params["resume"],
+        overwrite=params["overwrite"],
+        progress=progress,
+    )

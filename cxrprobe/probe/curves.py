@@ -190,7 +190,7 @@ def run_curve(
 
     from cxrprobe.outputs import check_output_location
     from cxrprobe.probe import outputs as probe_outputs
-    from cxrprobe.probe import run as probe_run
+    from cxrprobe.probe.fits import FITS
 
     paths = curve_paths(config.out)
     check_output_location(paths["folder"], "folder")
@@ -206,7 +206,7 @@ def run_curve(
         config.repeats,
         config.seed,
     )
-    fit = probe_run._fit_linear if config.method == "linear" else probe_run._fit_knn
+    fit = FITS[config.method]
     suffix = config.out.suffix.lower()
     points: list[dict[str, Any]] = []
     fitted: dict[str, dict[str, Path]] = {}  # rows_sha256 -> outputs of the point fitted on them

@@ -21,6 +21,7 @@ from cxrprobe.outputs import check_output_location
 from cxrprobe.probe.backends import BACKENDS, DEFAULT_TOL, get_backend
 from cxrprobe.probe.curves import check_curve_options
 from cxrprobe.probe.features import parse_memory
+from cxrprobe.probe.fits import FITS
 from cxrprobe.probe.knn import DEFAULT_KS, DEFAULT_TEMPERATURE
 from cxrprobe.probe.linear import (
     CLASS_WEIGHTS,
@@ -37,8 +38,8 @@ from cxrprobe.probe.outputs import (
     write_validation,
 )
 from cxrprobe.probe.splits import resolve_splits
-from cxrprobe.probe.summary import knn_grid, linear_grid, mean_or_none, per_finding
-from cxrprobe.progress import Bar, ProgressFactory, show_note, start_bar
+from cxrprobe.probe.summary import mean_or_none, per_finding
+from cxrprobe.progress import ProgressFactory
 from cxrprobe.provenance import (
     atomic_write_json,
     now_utc,
@@ -249,7 +250,7 @@ def _run_probe(config: ProbeConfig, progress: ProgressFactory | None) -> dict[st
         _check_probe_matches(probe, emb, kind, dim, config.eval_only)
         summary, scores, provenance = _rescore(config, probe, x, base, findings)
     else:
-        fit = _fit_linear if config.method == "linear" else _fit_knn
+        fit = FITS[config.method]
         summary, scores, provenance = fit(
             config, x, labels, findings, device, progress, base, paths
         )
@@ -358,115 +359,3 @@ def _rescore(config, probe, x, base, findings):
     }
     summary = {"eval_only": str(config.eval_only), "chosen": chosen, "fitted": meta}
     return summary, {"test": probe.predict_proba(x["test"])[:, keep]}, provenance
-
-
-def _fit_linear(config, x, labels, findings, device, progress, base, paths):
-    from cxrprobe.probe.linear import fit_linear_probe
-
-    iterations = config.max_iter if config.backend == "torch" else None
-    with _GridBar(progress, iterations) as callback:
-        probe, report = fit_linear_probe(
-            x["train"],
-            labels["train"],
-            x["val"],
-            labels["val"],
-            findings,
-            cs=config.grid,
-            backend=config.backend,
-            device=device,
-            selection=config.selection,
-            class_weight=config.class_weight,
-            uncertain=config.uncertain,
-            blank=config.blank,
-            refit_trainval=config.refit_trainval,
-            max_iter=config.max_iter,
-            tol=config.tol,
-            max_memory=config.max_memory,
-            callback=None if progress is None else callback,
-            metadata={k: base[k] for k in ("features", "feature_dim", "store_identity", "split")},
-        )
-    probe.save(paths["weights"])
-    summary = {
-        "backend": config.backend,
-        **linear_grid(report, probe, findings),
-        "class_weight": config.class_weight,
-        "uncertain": config.uncertain,
-        "blank": config.blank,
-    }
-    provenance = {
-        **base,
-        **training_policies(config.uncertain, config.blank),
-        "backend": config.backend,
-        "chosen": summary["chosen"],
-        "grid": [float(c) for c in report.cs],
-        "probe_weights": str(paths["weights"]),
-        "probe_weights_sha256": sha256_file(paths["weights"]),
-    }
-    scores = {"test": probe.predict_proba(x["test"])}
-    if len(x["val"]):
-        scores["val"] = probe.predict_proba(x["val"])  # in-sample after --refit-trainval
-    return summary, scores, provenance
-
-
-class _GridBar:
-    """The solver's callback ``(iterations or fits done, problems running)`` as progress bars.
-
-    A count that goes back starts a new pass (the train+val refit), so a new bar. Its total (for
-    the ETA) is ``iterations`` (an iterative solver's ``max_iter``: a bound, the bar ends early
-    when every problem has converged), else the fits of the pass (done + still to run).
-    """
-
-    def __init__(self, progress: ProgressFactory | None, iterations: int | None = None) -> None:
-        self.progress, self.iterations, self.count = progress, iterations, 0
-        self.bar: Bar | None = None
-
-    def __call__(self, done: int, active: int) -> None:
-        if self.bar is None or done + 1 < self.count:
-            self.close()
-            total = self.iterations or done + active
-            self.bar, self.count = start_bar(self.progress, total, "fitting grid"), 0
-        self.bar.update(done + 1 - self.count)
-        self.count = done + 1
-        show_note(self.bar, f"active={active}")
-
-    def close(self) -> None:
-        if self.bar is not None:
-            if self.iterations and hasattr(self.bar, "refresh"):  # converged early: end at 100 %
-                self.bar.total = self.count
-                self.bar.refresh()
-            self.bar.close()
-            self.bar = None
-
-    def __enter__(self) -> _GridBar:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-def _fit_knn(config, x, labels, findings, device, progress, base, paths):
-    from cxrprobe.probe.knn import fit_knn_probe
-
-    scores, report = fit_knn_probe(
-        x["train"],
-        labels["train"],
-        x["val"],
-        labels["val"],
-        x["test"],
-        ks=config.ks,
-        temperature=config.temperature,
-        uncertain=config.uncertain,
-        blank=config.blank,
-        device=device,
-        max_memory=config.max_memory,
-    )
-    summary = {**knn_grid(report, findings), "uncertain": config.uncertain, "blank": config.blank}
-    provenance = {
-        **base,
-        **training_policies(config.uncertain, config.blank),
-        "backend": "torch",
-        "chosen": summary["chosen"],
-        "grid": [int(k) for k in report.ks],
-    }
-    scores = {"test": scores, "val": report.val_scores}  # val: None without validation rows
-    return summary, {k: v for k, v in scores.items() if v is not None}, provenance

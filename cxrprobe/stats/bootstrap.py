@@ -75,34 +75,30 @@ def rank_plan(
     neg_scores, pos_scores = score[neg_rows], score[pos_rows]
     lo = np.searchsorted(neg_scores, pos_scores, side="left")
     hi = np.searchsorted(neg_scores, pos_scores, side="right")
-    cuts = [lo, hi, [0, neg_rows.size]]
-    split = np.zeros(pos_rows.size, dtype=bool)
+    cuts = [lo, hi, [0, neg_rows.size]]  # negative segments end where some positive looks
+    starts = np.zeros(pos_rows.size, dtype=bool)  # a positive segment: same (lo, hi)
+    starts[:1] = True
+    starts[1:] = (lo[1:] != lo[:-1]) | (hi[1:] != hi[:-1])
     has_threshold = not np.isnan(threshold)
-    if has_threshold:
+    if has_threshold:  # segments also end at the threshold
         neg_threshold = int(np.searchsorted(neg_scores, threshold, side="left"))
         pos_threshold = int(np.searchsorted(pos_scores, threshold, side="left"))
         cuts.append([neg_threshold])
-        split[pos_threshold : pos_threshold + 1] = True
-    neg_bounds = np.unique(np.concatenate(cuts))[: None if neg_rows.size else 0]
-    new = np.r_[True, (lo[1:] != lo[:-1]) | (hi[1:] != hi[:-1])] | split if pos_rows.size else split
-    pos_starts = np.flatnonzero(new)
-    bounds = np.r_[neg_bounds if neg_rows.size else [0], neg_rows.size + pos_starts[1:], rows.size]
-    if not pos_rows.size:
-        bounds = bounds[:-1]
-    segments = SegmentMap(np.r_[neg_rows, pos_rows], bounds.astype(np.int64), target.size)
-    index_lo = np.searchsorted(neg_bounds, lo[pos_starts]) if neg_rows.size else 0 * pos_starts
-    index_hi = np.searchsorted(neg_bounds, hi[pos_starts]) if neg_rows.size else 0 * pos_starts
-    pos_from = neg_from = None
-    if has_threshold:
-        pos_from = int(np.searchsorted(pos_starts, pos_threshold))
-        neg_from = int(np.searchsorted(neg_bounds, neg_threshold)) if neg_rows.size else 0
+        starts[pos_threshold : pos_threshold + 1] = True
+    neg_bounds = np.unique(np.concatenate(cuts))  # [0] when there are no negatives
+    pos_starts = np.flatnonzero(starts)
+    pos_bounds = neg_rows.size + np.r_[pos_starts, pos_rows.size]
+    bounds = np.r_[neg_bounds, pos_bounds[1:]].astype(np.int64)
+    segments = SegmentMap(np.r_[neg_rows, pos_rows], bounds, target.size)
+    index_lo = np.searchsorted(neg_bounds, lo[pos_starts])
+    index_hi = np.searchsorted(neg_bounds, hi[pos_starts])
     return RankPlan(
         segments,
-        max(neg_bounds.size - 1, 0),
+        neg_bounds.size - 1,
         index_lo,
         None if np.array_equal(index_lo, index_hi) else index_hi,
-        pos_from,
-        neg_from,
+        int(np.searchsorted(pos_starts, pos_threshold)) if has_threshold else None,
+        int(np.searchsorted(neg_bounds, neg_threshold)) if has_threshold else None,
     )
 
 

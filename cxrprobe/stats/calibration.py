@@ -155,6 +155,7 @@ class CalibrationStatistic:
 
     def __call__(self, counts, map_fn=map):
         ops = counts.ops
+        counts.as_f64()  # converted once, here, before the threads use it
 
         def task(k: int):  # the moments' product runs beside the labels' bins
             if k < 0:

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from cxrprobe.devices import check_device_name, resolve_device
 from cxrprobe.stats.resample import Resampler, draws_torch
 
 MapFn = Callable[..., Iterable]
@@ -185,7 +186,7 @@ class Backend:
 
     def __init__(self) -> None:
         self.device = "cpu"
-        self._maps: dict[int, Any] = {}
+        self._maps: dict[Any, Any] = {}  # per SegmentMap / dense matrix and dtype
 
     def asarray(self, values: np.ndarray):
         return np.asarray(values)
@@ -199,10 +200,6 @@ class Backend:
         data = np.empty(unit_counts.shape[::-1], dtype=dtype)
         data[...] = unit_counts.T
         return Counts(data, self)
-
-    def ones(self, n_rows: int) -> Counts:
-        """Counts of one 'resample' that takes every row once: statistics on the full data."""
-        return Counts(np.ones((n_rows, 1), dtype=np.float32), self)
 
     def _matrix(self, segments: SegmentMap, dtype) -> Any:
         key = (id(segments), np.dtype(dtype).name)
@@ -259,11 +256,6 @@ class TorchBackend(Backend):
         dtype = torch.float32 if exact else torch.float64
         return Counts(unit_counts.T.to(dtype).contiguous(), self)
 
-    def ones(self, n_rows: int) -> Counts:
-        import torch
-
-        return Counts(torch.ones((n_rows, 1), dtype=torch.float32, device=self.device), self)
-
     def _matrix(self, segments: SegmentMap, dtype) -> Any:
         key = (id(segments), dtype)
         if key not in self._maps:
@@ -299,20 +291,18 @@ class TorchBackend(Backend):
 
 def make_backend(device: str = "auto", backend: str | None = None) -> Backend:
     """The CPU backend for ``cpu``, the torch backend for CUDA; ``backend="torch"`` forces torch
-    (on the CPU too: the tests run the CUDA code path that way)."""
-    from cxrprobe.devices import check_device_name
-
+    (on the CPU too: the tests run the CUDA code path that way), ``"numpy"`` the CPU."""
     check_device_name(device)
     if backend not in (None, "numpy", "torch"):
         raise ValueError(f"backend {backend!r} must be 'numpy' or 'torch'")
-    if device == "cpu" and backend != "torch":
+    if backend == "numpy":
+        if device not in ("cpu", "auto"):
+            raise ValueError(f"the numpy backend runs on the CPU, not on {device}")
         return Backend()
-    if device == "auto" and backend is None and not _may_have_cuda():
+    if backend is None and (device == "cpu" or (device == "auto" and not _may_have_cuda())):
         return Backend()
-    from cxrprobe.devices import resolve_device
-
     resolved = resolve_device(device)
-    if resolved.type == "cpu" and backend != "torch":
+    if resolved.type == "cpu" and backend is None:
         return Backend()
     return TorchBackend(resolved)
 

@@ -94,6 +94,11 @@ def write_report_outputs(
     return written
 
 
+def _labels(report: dict[str, Any]) -> list[str]:
+    """The labels a report covers (those the finding subset kept), in its order."""
+    return [row["label"] for row in report["labels"]]
+
+
 def _prepare(outputs: Mapping[str, Output], by: Sequence, **paths: Any) -> dict[str, Any]:
     """Check the output locations and option combinations before any work; return the paths
     (outputs and inputs) as ``Path`` so the run record writes them absolute."""
@@ -114,6 +119,7 @@ def run_compare(
     validation_a: str | os.PathLike | None = None,
     validation_b: str | os.PathLike | None = None,
     by: Sequence[str | SubgroupSpec] = (),
+    findings: str | Sequence[str] | None = None,
     cells: Mapping[str, str] | None = None,
     out: Output = None,
     markdown: Output = None,
@@ -125,8 +131,10 @@ def run_compare(
     """Compare two predictions files and write the requested outputs with their run records.
 
     ``cells`` ({"a": name, "b": name, "dataset": name}, from the study plan) names the models
-    in the report, the verdict and the figures instead of the file names. Returns the report
-    and the paths written.
+    in the report, the verdict and the figures instead of the file names. ``findings`` (a
+    named set and/or finding ids) keeps only those labels: they alone are compared and form
+    the FDR family; the spec and the labels compared go into the run record. Returns the
+    report and the paths written.
     """
     outputs = dict(
         out=out,
@@ -148,6 +156,7 @@ def run_compare(
         **asdict(options),
         "align": align,
         "by": [str(spec) for spec in by],
+        "findings": findings,
         "cells": dict(cells) if cells else None,
     }
     report = compare_files(
@@ -158,8 +167,10 @@ def run_compare(
         validation_a=validation_a,
         validation_b=validation_b,
         by=by,
+        findings=findings,
         progress=progress,
     )
+    config["labels"] = _labels(report)
     if cells:
         report["cells"] = dict(cells)
         report["names"] = {key: cells[key] for key in ("a", "b")}
@@ -174,18 +185,28 @@ def run_evaluate(
     *,
     validation: str | os.PathLike | None = None,
     by: Sequence[str | SubgroupSpec] = (),
+    findings: str | Sequence[str] | None = None,
     out: Output = None,
     markdown: Output = None,
     subgroup_plot: Output = None,
     reliability_plot: Output = None,
     progress: ProgressFactory | None = None,
 ) -> tuple[dict[str, Any], list[Path]]:
-    """Evaluate one predictions file and write the requested outputs with their run records."""
+    """Evaluate one predictions file and write the requested outputs with their run records
+    (``findings``: only those labels, as in :func:`run_compare`)."""
     outputs = dict(
         out=out, markdown=markdown, subgroup_plot=subgroup_plot, reliability_plot=reliability_plot
     )
     paths = _prepare(outputs, by, file=file, validation=validation)
-    config = {**paths, **asdict(options), "by": [str(spec) for spec in by]}
-    report = evaluate_file(file, options, validation=validation, by=by, progress=progress)
+    config = {
+        **paths,
+        **asdict(options),
+        "by": [str(spec) for spec in by],
+        "findings": findings,
+    }
+    report = evaluate_file(
+        file, options, validation=validation, by=by, findings=findings, progress=progress
+    )
+    config["labels"] = _labels(report)
     report["run"] = {"command": "cxrprobe evaluate", "config": config}
     return report, write_report_outputs(report, outputs, command="cxrprobe evaluate", config=config)

@@ -3,18 +3,39 @@
 Without ``align`` the two files must hold the same ids and labels in the same order; with it,
 rows are matched by id and labels by name, and what only one file has is dropped and counted.
 Either way the targets (and patient ids, and subgroup fields) of shared rows must agree.
+A finding subset (``--findings``) narrows each file to the labels it names before pairing.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
+from cxrprobe.data.findings import FINDING_IDS
 from cxrprobe.errors import DataFormatError
 from cxrprobe.stats.groups import fields_equal
 from cxrprobe.stats.predictions import Predictions
+
+
+def narrow_findings(pred: Predictions, spec: str | Sequence[str] | None) -> Predictions:
+    """``pred`` with only the labels the finding subset ``spec`` names (see
+    :func:`cxrprobe.data.finding_sets.resolve_findings`), in the file's order; all when None.
+
+    Raises ConfigError for an unknown finding or set, or one the file does not have (naming the
+    file and its labels), so a subset never silently shrinks.
+    """
+    if spec is None:
+        return pred
+    from cxrprobe.data.finding_sets import resolve_findings  # imports pandas: only when asked
+
+    where = pred.source or "the predictions"
+    if any(label not in FINDING_IDS for label in pred.labels):  # the resolver lists only ids
+        where += f" (labels: {', '.join(pred.labels)})"
+    keep = set(resolve_findings(spec, pred.labels, where=where))
+    return pred.select(np.arange(pred.n_rows), [x for x in pred.labels if x in keep])
 
 
 def _label_mismatch(a: Predictions, b: Predictions, names: tuple[str, str]) -> str | None:

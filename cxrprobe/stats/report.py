@@ -29,7 +29,7 @@ from cxrprobe.stats.families import constant_scores
 from cxrprobe.stats.groups import MISSING, SubgroupSpec, parse_by, subgroup_masks
 from cxrprobe.stats.intervals import smallest_p
 from cxrprobe.stats.options import BootstrapOptions
-from cxrprobe.stats.pairing import pair_predictions
+from cxrprobe.stats.pairing import narrow_findings, pair_predictions
 from cxrprobe.stats.predictions import Predictions, read_predictions, validate_predictions
 from cxrprobe.stats.thresholds import youden_thresholds
 from cxrprobe.stats.verdict import verdict, warnings_of
@@ -346,14 +346,17 @@ def compare_files(
     validation_a: str | None = None,
     validation_b: str | None = None,
     by: Sequence[str | SubgroupSpec] = (),
+    findings: str | Sequence[str] | None = None,
     progress: ProgressFactory | None = None,
 ) -> dict[str, Any]:
-    """Read, pair (or align) and compare two predictions files; the report names both files."""
+    """Read, pair (or align) and compare two predictions files; the report names both files.
+    ``findings`` (a subset spec, see ``narrow_findings``) keeps only those labels of each."""
     if (validation_a is None) != (validation_b is None):
         raise ConfigError("give both --validation-a and --validation-b, or neither")
     options.check()
     raw_a, raw_b = read_predictions(path_a), read_predictions(path_b)
-    a, b, alignment = pair_predictions(raw_a, raw_b, align=align, names=(str(path_a), str(path_b)))
+    a, b = narrow_findings(raw_a, findings), narrow_findings(raw_b, findings)
+    a, b, alignment = pair_predictions(a, b, align=align, names=(str(path_a), str(path_b)))
     report = compare_predictions(
         a,
         b,
@@ -378,11 +381,13 @@ def evaluate_file(
     *,
     validation: str | None = None,
     by: Sequence[str | SubgroupSpec] = (),
+    findings: str | Sequence[str] | None = None,
     progress: ProgressFactory | None = None,
 ) -> dict[str, Any]:
-    """Read and evaluate one predictions file."""
+    """Read and evaluate one predictions file (only the labels of ``findings``, if given)."""
     options.check()
-    pred = read_predictions(path)
+    raw = read_predictions(path)
+    pred = narrow_findings(raw, findings)
     report = evaluate_predictions(
         pred,
         options,
@@ -390,7 +395,7 @@ def evaluate_file(
         by=by,
         progress=progress,
     )
-    report["models"] = {"a": _file_record(path, pred)}
+    report["models"] = {"a": _file_record(path, raw)}
     report["validation"] = (
         None if validation is None else {"path": str(validation), "sha256": sha256_file(validation)}
     )

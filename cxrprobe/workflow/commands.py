@@ -6,7 +6,8 @@ options by name: the long flag without its dashes, ``-`` as ``_`` (``--batch-siz
 value as the command line would (click's own types, ranges, choices and checks),
 :func:`command_args` writes values as the command's arguments, and :func:`parse_args` reads them
 back into the parameters the command's function receives. A step runs from those parameters, so
-it runs exactly what its printed command runs.
+it runs exactly what its printed command runs. The click commands come from the CLI, which hands
+them in (``commands``: stage name → command); the workflow never imports the CLI.
 """
 
 from __future__ import annotations
@@ -18,9 +19,9 @@ from typing import Any
 
 import click
 
-from cxrprobe.cli.options import CommaList
 from cxrprobe.errors import ConfigError
 
+Commands = Mapping[str, click.Command]  # stage name → the click command that runs it
 MODEL_KEYS = ("init", "weights", "arch", "model_kwargs", "mean", "std")
 IMAGE_SOURCE_KEYS = ("images", "manifest", "root", "preset", "aspect", "equalize")
 # What the study sets itself in each stage (paths, the initialisation, resuming), not its tables.
@@ -37,11 +38,14 @@ PROVIDED: dict[str, frozenset[str]] = {
 }
 
 
-def command(stage: str) -> click.Command:
+def command(commands: Commands, stage: str) -> click.Command:
     """The ``cxrprobe`` command that runs ``stage``."""
-    from cxrprobe.cli import main
-
-    return main.commands[stage]
+    try:
+        return commands[stage]
+    except KeyError:
+        raise ConfigError(
+            f"no `cxrprobe {stage}` among the commands given ({', '.join(sorted(commands))})"
+        ) from None
 
 
 def key_of(param: click.Parameter) -> str:
@@ -53,14 +57,14 @@ def key_of(param: click.Parameter) -> str:
     return flag.lstrip("-").replace("-", "_")
 
 
-def stage_params(stage: str) -> dict[str, click.Parameter]:
+def stage_params(commands: Commands, stage: str) -> dict[str, click.Parameter]:
     """Every parameter of the stage's command, by TOML key."""
-    return {key_of(p): p for p in command(stage).params}
+    return {key_of(p): p for p in command(commands, stage).params}
 
 
-def table_params(stage: str) -> dict[str, click.Parameter]:
+def table_params(commands: Commands, stage: str) -> dict[str, click.Parameter]:
     """The parameters a study table may set for ``stage`` (those the study does not set itself)."""
-    return {k: p for k, p in stage_params(stage).items() if k not in PROVIDED[stage]}
+    return {k: p for k, p in stage_params(commands, stage).items() if k not in PROVIDED[stage]}
 
 
 def _text(value: Any) -> str:
@@ -96,18 +100,18 @@ def tokens(param: click.Parameter, value: Any) -> list[str]:
             return [t for item in value for t in (flag, _text(item))]
         return [flag, *map(_text, value)]
     if isinstance(value, (list, tuple)):
-        if not isinstance(param.type, CommaList):
+        if not getattr(param.type, "comma_separated", False):  # the CLI's comma-separated lists
             raise ValueError(f"expected one value, not a list: {value!r}")
         return [flag, ",".join(map(_text, value))]
     return [flag, _text(value)]
 
 
-def check_value(stage: str, key: str, value: Any) -> Any:
+def check_value(commands: Commands, stage: str, key: str, value: Any) -> Any:
     """``value`` for the stage's option ``key`` as the command line would parse it; raises
     ValueError (or ``click.BadParameter``) naming what was expected."""
-    param = stage_params(stage)[key]
+    param = stage_params(commands, stage)[key]
     args = tokens(param, value)
-    ctx = click.Context(command(stage))
+    ctx = click.Context(command(commands, stage))
     if isinstance(param, click.Option) and param.is_flag:
         return param.process_value(ctx, value)
     if isinstance(param, click.Option) and param.multiple:
@@ -121,10 +125,10 @@ def problem(exc: Exception) -> str:
     return exc.message if isinstance(exc, click.ClickException) else str(exc)
 
 
-def command_args(stage: str, values: Mapping[str, Any]) -> list[str]:
+def command_args(commands: Commands, stage: str, values: Mapping[str, Any]) -> list[str]:
     """``values`` (by TOML key) as the stage's command-line arguments: its arguments in order,
     then its options in the order of ``values``."""
-    params = stage_params(stage)
+    params = stage_params(commands, stage)
     unknown = sorted(set(values) - set(params))
     if unknown:
         raise ConfigError(f"`cxrprobe {stage}` has no option(s) {unknown}")
@@ -146,10 +150,10 @@ def command_line(stage: str, args: Sequence[str]) -> str:
     return shlex.join(["cxrprobe", stage, *args])
 
 
-def parse_args(stage: str, args: Sequence[str]) -> dict[str, Any]:
+def parse_args(commands: Commands, stage: str, args: Sequence[str]) -> dict[str, Any]:
     """The parameters the stage's command function receives for ``args`` (click parses them)."""
     try:
-        ctx = command(stage).make_context(stage, list(args))
+        ctx = command(commands, stage).make_context(stage, list(args))
     except click.ClickException as exc:
         raise ConfigError(f"{command_line(stage, args)}: {exc.format_message()}") from exc
     return dict(ctx.params)

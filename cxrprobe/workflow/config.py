@@ -9,7 +9,8 @@ paths are resolved against the config file's folder. Keys spelled the old way (t
 names, e.g. ``val_frac``, ``img_size``, ``num_workers``) still work for one release, with a
 ``DeprecationWarning``. An init's ``pretrain`` table, ``exclude`` and ``comparisons`` are read by
 :mod:`cxrprobe.workflow.cells`, which documents them. ``cxrprobe study --template paper`` prints
-the whole study as a config to edit.
+the whole study as a config to edit. The stages' click commands are given by the caller (the CLI
+hands in its own), so this module reads their options without importing the CLI.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from cxrprobe.workflow.cells import (
     parse_exclude,
     parse_pretrain,
 )
-from cxrprobe.workflow.commands import MODEL_KEYS, check_value, problem, table_params
+from cxrprobe.workflow.commands import MODEL_KEYS, Commands, check_value, problem, table_params
 
 METHODS = ("probe", "finetune")
 SECTIONS = ("preprocess", "extract", "probe", "finetune", "compare")
@@ -142,8 +143,9 @@ class StudyConfig:
         return asdict(self)
 
 
-def load_study(path: str | os.PathLike) -> StudyConfig:
-    """Read and check a study TOML file; every problem is reported at once."""
+def load_study(path: str | os.PathLike, commands: Commands) -> StudyConfig:
+    """Read and check a study TOML file against the stages' ``commands``; every problem is
+    reported at once."""
     path = Path(path)
     if not path.is_file():
         raise InputFileError(
@@ -153,13 +155,14 @@ def load_study(path: str | os.PathLike) -> StudyConfig:
         raw = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML ({exc})") from exc
-    return study_from_mapping(raw, base=path.parent, source=str(path))
+    return study_from_mapping(raw, base=path.parent, commands=commands, source=str(path))
 
 
 def study_from_mapping(
-    raw: Mapping[str, Any], base: Path, source: str = "study config"
+    raw: Mapping[str, Any], base: Path, commands: Commands, source: str = "study config"
 ) -> StudyConfig:
-    """Build a ``StudyConfig`` from parsed TOML (or a dict); paths resolve against ``base``.
+    """Build a ``StudyConfig`` from parsed TOML (or a dict); paths resolve against ``base``, values
+    are checked with the stages' ``commands`` (stage name → click command).
 
     Raises one ConfigError listing every problem (table, key, the value given, what was expected).
     """
@@ -167,8 +170,10 @@ def study_from_mapping(
     unknown = sorted(set(raw) - _TOP_KEYS)
     if unknown:
         problems.append(f"unknown key(s) {unknown}; allowed: {sorted(_TOP_KEYS)}")
-    datasets = tuple(_dataset(d, base, problems) for d in _tables(raw, "datasets", problems))
-    inits = tuple(_init(d, base, problems) for d in _tables(raw, "inits", problems))
+    datasets = tuple(
+        _dataset(commands, d, base, problems) for d in _tables(raw, "datasets", problems)
+    )
+    inits = tuple(_init(commands, d, base, problems) for d in _tables(raw, "inits", problems))
     methods = raw.get("methods", METHODS)
     if not _is_subset(methods, METHODS):
         problems.append(f"methods {methods!r} must be a non-empty subset of {list(METHODS)}")
@@ -185,14 +190,15 @@ def study_from_mapping(
     exclude = parse_exclude(raw.get("exclude"), init_names, dataset_names, problems)
     comparisons = parse_comparisons(raw.get("comparisons"), init_names, problems)
     top = {
-        key: _checked("probe", key, raw[key], key, problems)
+        key: _checked(commands, "probe", key, raw[key], key, problems)
         for key in ("seed", "device")
         if key in raw
     }
     if not isinstance(raw.get("out", ""), str):
         problems.append(f"out = {raw['out']!r}: expected a folder path (a string)")
     sections = {
-        name: _table(name, f"[{name}]", raw.get(name, {}), base, problems) for name in SECTIONS
+        name: _table(commands, name, f"[{name}]", raw.get(name, {}), base, problems)
+        for name in SECTIONS
     }
     if "repeats" in sections["probe"] and "train_fraction" not in sections["probe"]:
         problems.append("[probe] repeats needs train_fraction (the label-efficiency curve's)")
@@ -217,22 +223,26 @@ def _is_subset(values: Any, allowed: tuple[str, ...]) -> bool:
     return isinstance(values, (list, tuple)) and bool(values) and all(v in allowed for v in values)
 
 
-def _checked(stage: str, key: str, value: Any, where: str, problems: list[str]) -> Any:
+def _checked(
+    commands: Commands, stage: str, key: str, value: Any, where: str, problems: list[str]
+) -> Any:
     """``value`` as ``cxrprobe STAGE`` parses option ``key``; a problem (and the raw value) if not."""
     try:
-        return check_value(stage, key, value)
+        return check_value(commands, stage, key, value)
     except (ValueError, click.ClickException) as exc:
         problems.append(f"{where} = {value!r}: {problem(exc)}")
         return value
 
 
-def _table(stage: str, where: str, value: Any, base: Path, problems: list[str]) -> dict[str, Any]:
+def _table(
+    commands: Commands, stage: str, where: str, value: Any, base: Path, problems: list[str]
+) -> dict[str, Any]:
     """One stage's options: old keys renamed (with a warning), each key an option of the stage's
     command, each value checked as the command line would check it; relative paths resolved."""
     if not isinstance(value, Mapping):
         problems.append(f"{where} must be a table, got {value!r}")
         return {}
-    allowed = table_params(stage)
+    allowed = table_params(commands, stage)
     table: dict[str, Any] = {}
     unknown = []
     for key, item in value.items():
@@ -253,7 +263,7 @@ def _table(stage: str, where: str, value: Any, base: Path, problems: list[str]) 
             continue
         if isinstance(allowed[key].type, click.Path) and isinstance(item, str):
             item = _path(item, base)
-        _checked(stage, key, item, f"{where} {key}", problems)
+        _checked(commands, stage, key, item, f"{where} {key}", problems)
         table[key] = item
     if unknown:
         problems.append(
@@ -285,9 +295,10 @@ def _checked_name(entry: Mapping[str, Any], kind: str, problems: list[str]) -> s
     return name
 
 
-def _dataset(entry: Mapping[str, Any], base: Path, problems: list[str]) -> DatasetEntry:
-    from cxrprobe.cli.data import READER_OPTIONS
-    from cxrprobe.data.adapters import ADAPTERS
+def _dataset(
+    commands: Commands, entry: Mapping[str, Any], base: Path, problems: list[str]
+) -> DatasetEntry:
+    from cxrprobe.data.adapters import ADAPTERS, READER_OPTIONS
 
     name = _checked_name(entry, "datasets", problems)
     extra = sorted(set(entry) - {"name", "adapter", "root", "options"})
@@ -301,7 +312,7 @@ def _dataset(entry: Mapping[str, Any], base: Path, problems: list[str]) -> Datas
     if not isinstance(entry.get("root"), str):
         problems.append(f"dataset {name!r} needs a root folder (a string)")
     options = _table(
-        "manifest", f"dataset {name!r} options", entry.get("options", {}), base, problems
+        commands, "manifest", f"dataset {name!r} options", entry.get("options", {}), base, problems
     )
     if adapter in ADAPTERS:
         foreign = sorted(set(options) & set(READER_OPTIONS) - set(ADAPTERS[adapter].options))
@@ -313,7 +324,9 @@ def _dataset(entry: Mapping[str, Any], base: Path, problems: list[str]) -> Datas
     return DatasetEntry(name, str(adapter), _path(entry.get("root", "."), base), options)
 
 
-def _init(entry: Mapping[str, Any], base: Path, problems: list[str]) -> InitEntry:
+def _init(
+    commands: Commands, entry: Mapping[str, Any], base: Path, problems: list[str]
+) -> InitEntry:
     name = _checked_name(entry, "inits", problems)
     extra = sorted(set(entry) - _INIT_KEYS)
     if extra:
@@ -328,7 +341,7 @@ def _init(entry: Mapping[str, Any], base: Path, problems: list[str]) -> InitEntr
         name,
         entry.get("pretrain"),
         problems,
-        lambda where, value: _table("finetune", where, value, base, problems),
+        lambda where, value: _table(commands, "finetune", where, value, base, problems),
     )
     if pretrain is not None and set(entry) & set(MODEL_KEYS):
         problems.append(
@@ -340,7 +353,8 @@ def _init(entry: Mapping[str, Any], base: Path, problems: list[str]) -> InitEntr
         **{k: entry[k] for k in MODEL_KEYS if k in entry and not pretrain},
     }
     checked = {
-        k: _checked("extract", k, v, f"init {name!r} {k}", problems) for k, v in model.items()
+        k: _checked(commands, "extract", k, v, f"init {name!r} {k}", problems)
+        for k, v in model.items()
     }
     weights = model.get("weights")
     kwargs = checked.get("model_kwargs")

@@ -17,6 +17,7 @@ from typing import Any
 
 from cxrprobe.errors import ConfigError
 from cxrprobe.provenance import atomic_write_json
+from cxrprobe.workflow.commands import Commands
 from cxrprobe.workflow.config import DatasetEntry, InitEntry, StudyConfig
 
 # Small ViTs of the two families (patch 14 like DINOv2, patch 16 like the ImageNet ViT-B/16). The
@@ -165,6 +166,7 @@ def _synthetic_data(folder: Path, n: int, seed: int, progress: Any) -> None:
 def run_demo(
     out: str | os.PathLike,
     *,
+    commands: Commands,
     n: int = 600,
     seed: int = 0,
     weights_dir: str | None = None,
@@ -174,7 +176,8 @@ def run_demo(
     progress: Any = None,
     on_step: Any = None,
 ) -> dict[str, Any]:
-    """Generate the synthetic dataset and run the demo study; returns outputs and the main report."""
+    """Generate the synthetic dataset and run the demo study with the stages' ``commands`` (the
+    CLI's); returns outputs and the main report."""
     from cxrprobe.workflow.plan import build_plan
     from cxrprobe.workflow.report import write_study_report
     from cxrprobe.workflow.state import run_plan
@@ -183,6 +186,8 @@ def run_demo(
     models = demo_models(weights_dir, finetune_epochs)
     _synthetic_data(out / "data", n, seed, progress)
     config = demo_config(out, n, seed, models, finetune_epochs, resamples, device)
-    outcomes = run_plan(build_plan(config), config.out, progress=progress, on_step=on_step)
+    outcomes = run_plan(
+        build_plan(config, commands), config.out, progress=progress, on_step=on_step
+    )
     study = write_study_report(config.out)
     return {"config": config, "models": models, "outcomes": outcomes, "study": study}

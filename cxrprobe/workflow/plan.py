@@ -2,8 +2,9 @@
 
 Each step is one ``cxrprobe`` command (``manifest``, ``preprocess``, ``extract``, ``probe``,
 ``finetune``, ``compare``) writing to a fixed place under the study's ``out`` folder. Its command
-line is written from the study's values through the command's own click options, parsed back by
-click, and the step runs the command's library call on those parsed parameters, so the printed
+line is written from the study's values through the command's own click options (the CLI hands
+its commands to :func:`build_plan`; the workflow never imports the CLI), parsed back by click,
+and the step runs the command's library call on those parsed parameters, so the printed
 command and the step run the same recipe. A step names the files it reads (``inputs``, and its
 input options' values); :mod:`cxrprobe.workflow.state` records their content with each finished
 step and decides which steps are done, to run, stale (an input changed: redone) or refused
@@ -12,7 +13,7 @@ step and decides which steps are done, to run, stale (an input changed: redone) 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from typing import Any
 from cxrprobe.errors import ConfigError
 from cxrprobe.finetuned import CHECKPOINT, RUN_PREFIX
 from cxrprobe.workflow.cells import COMPARISON_MODES, init_pairs, pretraining_order
-from cxrprobe.workflow.commands import command_args, command_line, parse_args
+from cxrprobe.workflow.commands import Commands, command_args, command_line, parse_args
 from cxrprobe.workflow.config import DatasetEntry, InitEntry, StudyConfig
 
 CURVE_KEYS = ("train_fraction", "repeats")  # [probe] keys of the curve steps only
@@ -99,23 +100,29 @@ class Paths:
         return self.out / ".steps" / (key.replace("/", "__") + ".json")
 
 
-def _step(
-    key: str,
-    stage: str,
-    output: Path,
-    values: dict[str, Any],
-    action: Action,
-    inputs: Sequence[Path] = (),
-) -> Step:
-    """A step running ``cxrprobe STAGE`` with ``values`` (by option name; None: not given);
-    ``inputs``: files it reads that no input option names."""
-    values = {k: v for k, v in values.items() if v is not None}
-    args = command_args(stage, values)
-    try:
-        params = parse_args(stage, args)
-    except ConfigError as exc:
-        raise ConfigError(f"step {key}: {exc}") from exc
-    return Step(key, stage, output, values, args, params, action, tuple(inputs))
+@dataclass(frozen=True)
+class _Draft:
+    """A step before its command line is written: ``cxrprobe STAGE`` with ``values`` (by option
+    name; None: not given); ``inputs``: files it reads that no input option names."""
+
+    key: str
+    stage: str
+    output: Path
+    values: dict[str, Any]
+    action: Action
+    inputs: tuple[Path, ...] = ()
+
+    def step(self, commands: Commands) -> Step:
+        """The step, its command line written and parsed with the stage's click command."""
+        values = {k: v for k, v in self.values.items() if v is not None}
+        try:
+            args = command_args(commands, self.stage, values)
+            params = parse_args(commands, self.stage, args)
+        except ConfigError as exc:
+            raise ConfigError(f"step {self.key}: {exc}") from exc
+        return Step(
+            self.key, self.stage, self.output, values, args, params, self.action, self.inputs
+        )
 
 
 @dataclass(frozen=True)
@@ -127,12 +134,13 @@ class Model:
     inputs: tuple[Path, ...] = ()
 
 
-def build_plan(config: StudyConfig) -> list[Step]:
+def build_plan(config: StudyConfig, commands: Commands) -> list[Step]:
     """Every step of the study in a runnable order (each after the steps it reads): first the
     pretraining runs (with their dataset's manifest and image cache), each after the run it
-    starts from, then every dataset's steps. A step two parts of the plan share runs once."""
+    starts from, then every dataset's steps. A step two parts of the plan share runs once.
+    ``commands`` (stage name → click command, the CLI's) write and parse each step's command."""
     paths = Paths(config.out)
-    steps: dict[str, Step] = {}
+    steps: dict[str, _Draft] = {}
     models = {i.name: Model(i) for i in config.inits if i.pretrain is None}
     by_name = {i.name: i for i in config.inits}
     for name in pretraining_order({i.name: i.pretrain for i in config.inits}):
@@ -147,21 +155,21 @@ def build_plan(config: StudyConfig) -> list[Step]:
     for ds in config.datasets:
         for step in _dataset_steps(config, paths, ds, models):
             steps.setdefault(step.key, step)
-    return list(steps.values())
+    return [draft.step(commands) for draft in steps.values()]
 
 
 def _size(config: StudyConfig) -> int:
     return int(config.preprocess.get("size", 224))
 
 
-def _data_steps(config: StudyConfig, paths: Paths, ds: DatasetEntry) -> list[Step]:
+def _data_steps(config: StudyConfig, paths: Paths, ds: DatasetEntry) -> list[_Draft]:
     manifest, images = paths.manifest(ds.name), paths.images(ds.name, _size(config))
     return [_manifest_step(ds, manifest), _preprocess_step(config, ds, manifest, images)]
 
 
 def _dataset_steps(
     config: StudyConfig, paths: Paths, ds: DatasetEntry, models: dict[str, Model]
-) -> list[Step]:
+) -> list[_Draft]:
     from cxrprobe.probe.outputs import output_paths
 
     images = paths.images(ds.name, _size(config))
@@ -221,9 +229,9 @@ def comparisons(config: StudyConfig, dataset: str | None = None) -> list[tuple[s
     return cells
 
 
-def _manifest_step(ds: DatasetEntry, out: Path) -> Step:
+def _manifest_step(ds: DatasetEntry, out: Path) -> _Draft:
     def action(params: dict[str, Any], progress: Progress) -> dict[str, Any]:
-        from cxrprobe.cli.data import build_manifest
+        from cxrprobe.data.adapters import build_manifest
         from cxrprobe.data.manifest import manifest_hash
 
         dataset, root, path = params.pop("dataset"), params.pop("root"), params.pop("out")
@@ -235,24 +243,24 @@ def _manifest_step(ds: DatasetEntry, out: Path) -> Step:
         }
 
     values = {"dataset": ds.adapter, "root": ds.root, "out": out, **ds.options}
-    return _step(f"{ds.name}/manifest", "manifest", out, values, action)
+    return _Draft(f"{ds.name}/manifest", "manifest", out, values, action)
 
 
-def _preprocess_step(config: StudyConfig, ds: DatasetEntry, manifest: Path, out: Path) -> Step:
+def _preprocess_step(config: StudyConfig, ds: DatasetEntry, manifest: Path, out: Path) -> _Draft:
     def action(params: dict[str, Any], progress: Progress) -> dict[str, Any]:
-        from cxrprobe.cli.images import build_cache
+        from cxrprobe.cache.images import build_cache
 
         return build_cache(params, progress)
 
     values = {"manifest": manifest, "root": ds.root, "out": out, **config.preprocess}
-    return _step(f"{ds.name}/preprocess", "preprocess", out, values, action)
+    return _Draft(f"{ds.name}/preprocess", "preprocess", out, values, action)
 
 
 def _extract_step(
     config: StudyConfig, ds: DatasetEntry, model: Model, images: Path, out: Path
-) -> Step:
+) -> _Draft:
     def action(params: dict[str, Any], progress: Progress) -> dict[str, Any]:
-        from cxrprobe.cli.cache import run_extract
+        from cxrprobe.cache.extract import run_extract
 
         return run_extract(params, progress)
 
@@ -265,17 +273,16 @@ def _extract_step(
         **config.extract,
     }
     key = f"{ds.name}/{model.entry.name}/extract"
-    return _step(key, "extract", out, values, action, model.inputs)
+    return _Draft(key, "extract", out, values, action, model.inputs)
 
 
 def _probe_step(
     config: StudyConfig, ds: DatasetEntry, init: InitEntry, store: Path, out: Path
-) -> Step:
+) -> _Draft:
     def action(params: dict[str, Any], progress: Progress) -> dict[str, Any]:
-        from cxrprobe.cli.probe import probe_config
-        from cxrprobe.probe.run import run_probe
+        from cxrprobe.probe.run import ProbeConfig, run_probe
 
-        return run_probe(probe_config(params), progress=progress)
+        return run_probe(ProbeConfig(**params), progress=progress)
 
     values = {
         "store": store,
@@ -284,25 +291,24 @@ def _probe_step(
         "seed": config.seed,
         **{k: v for k, v in config.probe.items() if k not in CURVE_KEYS},
     }
-    return _step(f"{ds.name}/{init.name}/probe", "probe", out, values, action)
+    return _Draft(f"{ds.name}/{init.name}/probe", "probe", out, values, action)
 
 
 def _curve_step(
     config: StudyConfig, ds: DatasetEntry, init: InitEntry, store: Path, out: Path
-) -> Step:
+) -> _Draft:
     """The probe refitted on subsets of the training split (``[probe] train_fraction`` and
     ``repeats``): points and ``curve.json`` in ``out``'s folder (:mod:`cxrprobe.probe.curves`)."""
     from cxrprobe.probe.curves import curve_paths
 
     def action(params: dict[str, Any], progress: Progress) -> dict[str, Any]:
-        from cxrprobe.cli.probe import probe_config
-        from cxrprobe.probe.run import run_probe
+        from cxrprobe.probe.run import ProbeConfig, run_probe
 
-        return run_probe(probe_config(params), progress=progress)
+        return run_probe(ProbeConfig(**params), progress=progress)
 
     values = {"store": store, "out": out, "device": config.device, "seed": config.seed}
     output = curve_paths(out)["curve"]
-    return _step(
+    return _Draft(
         f"{ds.name}/{init.name}/curve", "probe", output, {**values, **config.probe}, action
     )
 
@@ -315,12 +321,12 @@ def _finetune_step(
     pred: Path,
     key: str | None = None,
     options: dict[str, Any] | None = None,
-) -> Step:
+) -> _Draft:
     """A fine-tune of ``model`` on ``ds`` into ``pred``'s folder (``options`` replace the
     study's ``[finetune]`` values); the cell ``ds/init/finetune`` unless ``key`` says otherwise."""
 
     def action(params: dict[str, Any], progress: Progress) -> dict[str, Any]:
-        from cxrprobe.cli.finetune import run_finetune
+        from cxrprobe.finetune.recipe import run_finetune
 
         return run_finetune(params, progress).summary
 
@@ -336,12 +342,12 @@ def _finetune_step(
         **(options or {}),
     }
     key = key or f"{ds.name}/{model.entry.name}/finetune"
-    return _step(key, "finetune", pred, values, action, model.inputs)
+    return _Draft(key, "finetune", pred, values, action, model.inputs)
 
 
 def _pretraining_step(
     config: StudyConfig, paths: Paths, ds: DatasetEntry, init: InitEntry, source: Model
-) -> Step:
+) -> _Draft:
     """The fine-tune that makes ``init``: its ``from`` init on its pretraining dataset. With no
     options of its own it is the same command as the ``from`` init's fine-tune cell there, so
     when the study runs that cell it is that cell's run."""
@@ -366,7 +372,7 @@ def _compare_step(
     predictions: dict[str, Path],
     validation: dict[str, Path],
     out: Path,
-) -> Step:
+) -> _Draft:
     """``cxrprobe compare`` of cells A and B; when both write validation-split predictions
     (probes and fine-tunes do), Youden thresholds are chosen on those, not on the test split."""
 
@@ -401,4 +407,4 @@ def _compare_step(
         "device": config.device,
         **config.compare,
     }
-    return _step(f"{ds.name}/compare/{b}_vs_{a}", "compare", out, values, action)
+    return _Draft(f"{ds.name}/compare/{b}_vs_{a}", "compare", out, values, action)
