@@ -11,7 +11,8 @@ Other tests import these helpers::
   sequence, signed pixels, or the JPEG-baseline transfer syntax;
 - ``write_corrupt(path)``: a PNG signature followed by garbage;
 - ``make_image_dataset(tmp_path, n, size)``: PNG files plus a manifest DataFrame (paths relative
-  to the returned root), with optional corrupt/missing rows.
+  to the returned root), with optional corrupt/missing rows;
+- ``preprocess_args(manifest, root, out, *extra)``: a small, quick ``cxrprobe preprocess`` line.
 """
 
 from __future__ import annotations
@@ -193,3 +194,24 @@ def make_image_dataset(
             }
         )
     return pd.DataFrame(rows), root
+
+
+def preprocess_args(manifest: Path, root: Path, out: Path, *extra: str) -> list[str]:
+    """``cxrprobe preprocess`` arguments for a tiny cache (24 px, one worker, 2-row shards) of
+    ``manifest``'s images under ``root`` into ``out``; ``extra`` adds or overrides options."""
+    return [
+        "preprocess",
+        "--manifest",
+        str(manifest),
+        "--root",
+        str(root),
+        "--out",
+        str(out),
+        "--size",
+        "24",
+        "--workers",
+        "1",
+        "--shard-rows",
+        "2",
+        *extra,
+    ]

@@ -31,7 +31,7 @@ from cxrprobe.data.decode import image_paths
 from cxrprobe.data.manifest import manifest_hash, write_manifest
 from cxrprobe.data.preprocess import PRESETS, PreprocessConfig, load_preprocessed
 from cxrprobe.errors import IncompleteStoreError, MissingDependencyError, StoreMismatchError
-from tests.image_fixtures import make_image_dataset
+from tests.image_fixtures import make_image_dataset, preprocess_args
 
 CFG = PreprocessConfig(size=24, aspect="pad", equalize=True)
 
@@ -167,24 +167,7 @@ def test_missing_decoder_stops_the_run_instead_of_recording(dataset, tmp_path, m
 
 # ---------------------------------------------------------------------------- resume after kill
 def _cli_args(manifest: Path, root: Path, out: Path) -> list[str]:
-    return [
-        "preprocess",
-        "--manifest",
-        str(manifest),
-        "--root",
-        str(root),
-        "--out",
-        str(out),
-        "--size",
-        "24",
-        "--aspect",
-        "pad",
-        "--equalize",
-        "--workers",
-        "1",
-        "--shard-rows",
-        "2",
-    ]
+    return preprocess_args(manifest, root, out, "--aspect", "pad", "--equalize")
 
 
 def test_resume_after_sigkill_redoes_only_unfinished_shards(dataset, tmp_path):

@@ -40,7 +40,7 @@ from cxrprobe.errors import (
 )
 from cxrprobe.outputs import WriterLock, check_output_location, check_replaceable
 from tests.fixtures_data import write_chestxray14
-from tests.image_fixtures import make_image_dataset, write_png
+from tests.image_fixtures import make_image_dataset, preprocess_args, write_png
 
 REPO = Path(__file__).resolve().parents[1]
 SPEC = [ArraySpec("x", (3,), "float32", float("nan"), chunk_rows=2)]
@@ -244,25 +244,6 @@ def dataset(tmp_path):
     return df, root, write_manifest(df, tmp_path / "manifest.parquet")
 
 
-def _preprocess(manifest: Path, root: Path, out: Path, *extra: str) -> list[str]:
-    return [
-        "preprocess",
-        "--manifest",
-        str(manifest),
-        "--root",
-        str(root),
-        "--out",
-        str(out),
-        "--size",
-        "24",
-        "--workers",
-        "1",
-        "--shard-rows",
-        "2",
-        *extra,
-    ]
-
-
 def test_overwrite_refuses_a_folder_that_is_not_a_store(dataset, tmp_path):
     _, root, manifest = dataset
     raw = tmp_path / "rawdata"
@@ -270,7 +251,7 @@ def test_overwrite_refuses_a_folder_that_is_not_a_store(dataset, tmp_path):
     (raw / "images" / "a.png").write_bytes(b"pixels")
     (raw / "labels.csv").write_text("id,label\na,1\n")
     before = _tree(raw)
-    result = CliRunner().invoke(main, _preprocess(manifest, root, raw, "--overwrite"))
+    result = CliRunner().invoke(main, preprocess_args(manifest, root, raw, "--overwrite"))
     assert result.exit_code == 1
     assert f"{raw} is not a cxrprobe 'images' output (it holds images, labels.csv)" in result.output
     assert _tree(raw) == before
@@ -342,12 +323,12 @@ def test_two_processes_on_one_store_the_second_is_refused(dataset, tmp_path):
     finishes a store equal to an undisturbed build."""
     df, root, manifest = dataset
     out = tmp_path / "c.zarr"
-    first = _cli(*_preprocess(manifest, root, out), env={**os.environ, SHARD_DELAY_ENV: "0.2"})
+    first = _cli(*preprocess_args(manifest, root, out), env={**os.environ, SHARD_DELAY_ENV: "0.2"})
     _wait_for(lambda: (tmp_path / "c.zarr.lock.json").exists(), first)
     first.send_signal(signal.SIGSTOP)
     try:
-        same = _cli(*_preprocess(manifest, root, out))
-        other = _cli(*_preprocess(manifest, root, out, "--size", "32", "--overwrite"))
+        same = _cli(*preprocess_args(manifest, root, out))
+        other = _cli(*preprocess_args(manifest, root, out, "--size", "32", "--overwrite"))
         for second in (same, other):
             _, err = second.communicate(timeout=120)
             assert second.returncode == 1, err
@@ -419,13 +400,13 @@ def test_full_disk_while_writing_shards_is_one_line_and_resumes(dataset, tmp_pat
         return original(path, value, exclusive=exclusive)
 
     monkeypatch.setattr(local, "_put", full_after_two_shards)
-    result = CliRunner().invoke(main, _preprocess(manifest, root, out))
+    result = CliRunner().invoke(main, preprocess_args(manifest, root, out))
     assert result.exit_code == 1
     assert f"{out}/images/c/2/0/0: cannot write (no space left on the device" in result.output
     assert "then run the same command again: finished shards are kept" in result.output
     assert not RowStore.open(out).is_complete
     monkeypatch.setattr(local, "_put", original)
-    result = CliRunner().invoke(main, _preprocess(manifest, root, out))
+    result = CliRunner().invoke(main, preprocess_args(manifest, root, out))
     assert result.exit_code == 0 and "2 of 3 shards kept" in result.output
     clean = build_image_cache(
         df, root, tmp_path / "clean.zarr", replace(PRESETS["default"], size=24), workers=1
@@ -452,7 +433,7 @@ def _noise_dataset(tmp_path: Path, n: int, size: int) -> tuple[Path, Path]:
 def test_a_real_full_disk_is_one_line_and_a_bigger_one_resumes(small_disk, tmp_path):
     root, manifest = _noise_dataset(tmp_path, 32, 64)
     out = small_disk / "c.zarr"
-    args = [*_preprocess(manifest, root, out, "--size", "64", "--no-equalize")]
+    args = [*preprocess_args(manifest, root, out, "--size", "64", "--no-equalize")]
     args[args.index("--shard-rows") + 1] = "4"
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 1, result.output
@@ -470,7 +451,7 @@ def test_a_real_full_disk_is_one_line_and_a_bigger_one_resumes(small_disk, tmp_p
 def test_read_only_output_fails_before_any_work(dataset, read_only_dir):
     _, root, manifest = dataset
     out = read_only_dir / "c.zarr"
-    result = CliRunner().invoke(main, _preprocess(manifest, root, out))
+    result = CliRunner().invoke(main, preprocess_args(manifest, root, out))
     assert result.exit_code == 1
     assert f"{out}: cannot write in {read_only_dir} (" in result.output
     for command in (
@@ -485,7 +466,7 @@ def test_read_only_output_fails_before_any_work(dataset, read_only_dir):
 def test_a_file_where_a_folder_belongs_is_refused(dataset, tmp_path):
     _, root, manifest = dataset
     (tmp_path / "c.zarr").write_text("not a folder")
-    result = CliRunner().invoke(main, _preprocess(manifest, root, tmp_path / "c.zarr"))
+    result = CliRunner().invoke(main, preprocess_args(manifest, root, tmp_path / "c.zarr"))
     assert result.exit_code == 1
     assert "c.zarr is a file, but an output folder is expected there" in result.output
     (tmp_path / "plain").write_text("x")
@@ -585,7 +566,7 @@ def _start_pool_run(dataset, tmp_path: Path) -> tuple[subprocess.Popen, list[int
     """A preprocess with 2 workers and slow shards, once its workers have finished a shard."""
     _, root, manifest = dataset
     out = tmp_path / "c.zarr"
-    args = _preprocess(manifest, root, out)
+    args = preprocess_args(manifest, root, out)
     args[args.index("--workers") + 1] = "2"
     args[args.index("--shard-rows") + 1] = "1"
     proc = _cli(*args, env={**os.environ, SHARD_DELAY_ENV: "0.5"}, start_new_session=True)

@@ -77,7 +77,8 @@ def test_template_parses_and_dry_run_prints_every_step(tmp_path):
     assert f"--init run:{mimic_run}" in commands["uka/mimic/finetune"]
     finetunes = commands["padchest/compare/dinov2/finetune_vs_mimic/finetune"]
     assert "--validation-a" in finetunes and "val_predictions.json" in finetunes
-    assert "--validation-a" not in commands["padchest/compare/dinov2/probe_vs_mimic/probe"]
+    probes = commands["padchest/compare/dinov2/probe_vs_mimic/probe"]
+    assert "--validation-a" in probes and "predictions.val.json" in probes
     chexpert = commands["chexpert/manifest"]
     for option in ("--findings study-chexpert", "--uncertain zero", "--blank negative"):
         assert option in chexpert

@@ -9,7 +9,15 @@ from typing import Any
 
 import click
 
-from cxrprobe.cli.options import RegistryChoice, RenamingCommand, seed_option
+from cxrprobe.cli.options import (
+    RegistryChoice,
+    RenamingCommand,
+    allow_leakage_option,
+    blank_option,
+    findings_option,
+    seed_option,
+    uncertain_option,
+)
 from cxrprobe.cli.output import library_errors, progress
 
 _RENAMED = {
@@ -17,6 +25,7 @@ _RENAMED = {
     "--val-frac": ("--val-fraction",),
     "--test-frac": ("--test-fraction",),
 }
+_IN_MANIFEST = "in the manifest (every split; the file records the policy)"
 
 
 @click.command("datasets")
@@ -116,21 +125,8 @@ def _summary_table(summary: Any) -> str:
     type=click.Path(dir_okay=False, path_type=Path),
     help="Manifest to write (Parquet); <stem>.run.json goes beside it.",
 )
-@click.option(
-    "--uncertain",
-    type=RegistryChoice("cxrprobe.data.policies:UNCERTAIN_POLICIES"),
-    default="ignore",
-    show_default=True,
-    help="-1 labels: keep them masked (ignore), or make them 0 or 1.",
-)
-@click.option(
-    "--blank",
-    type=RegistryChoice("cxrprobe.data.targets:BLANK_POLICIES"),
-    default="missing",
-    show_default=True,
-    help="Not-annotated (blank) finding cells: keep them masked (missing), or make them 0 "
-    "(negative; with --uncertain zero this is the study's 'every label not 1 is 0').",
-)
+@uncertain_option(_IN_MANIFEST)
+@blank_option(_IN_MANIFEST, "With --uncertain zero this is the study's 'every label not 1 is 0'.")
 @click.option(
     "--views",
     type=RegistryChoice("cxrprobe.data.policies:VIEW_POLICIES"),
@@ -165,11 +161,7 @@ def _summary_table(summary: Any) -> str:
 @click.option(
     "--check-files", is_flag=True, help="Fail if any listed image is missing under the root."
 )
-@click.option(
-    "--allow-leakage",
-    is_flag=True,
-    help="Accept a split that puts a patient in two splits (refused by default); recorded.",
-)
+@allow_leakage_option("<stem>.run.json")
 @click.option(
     "--labels-csv",
     type=click.Path(path_type=Path),
@@ -189,12 +181,7 @@ def _summary_table(summary: Any) -> str:
     default=None,
     help="Text encoding of the dataset's CSV tables, e.g. latin-1 or cp1252 [default: utf-8].",
 )
-@click.option(
-    "--findings",
-    metavar="SPEC",
-    help="Keep only these finding columns: a named set (study-chexpert), finding ids, or both, "
-    "comma-separated; default all. `cxrprobe datasets` lists the sets.",
-)
+@findings_option("Keep only these finding columns")
 def manifest(dataset: str, root: Path, out: Path, **options: Any) -> None:
     """Build a manifest for DATASET from its tables under --root and print per-split prevalence.
 

@@ -9,13 +9,19 @@ from typing import Any
 import click
 
 from cxrprobe.cli.options import (
-    CLASS_WEIGHT_CHOICE,
+    SCORED_AS_MADE,
+    TRAINING_USE,
     RegistryChoice,
     RenamingCommand,
+    allow_leakage_option,
+    blank_option,
+    class_weight_option,
     device_option,
+    findings_option,
     image_source_options,
     model_options,
     seed_option,
+    uncertain_option,
     workers_option,
 )
 from cxrprobe.cli.output import library_errors, progress_in
@@ -118,12 +124,7 @@ def _shown(value: Any) -> str:
     "--clip-grad", cls=RecipeOption, type=float, help="Clip the gradient norm to this value."
 )
 @click.option("--drop-path", cls=RecipeOption, type=float, help="Stochastic depth rate.")
-@click.option(
-    "--class-weight",
-    cls=RecipeOption,
-    type=CLASS_WEIGHT_CHOICE,
-    help="pos_weight weighs positives by negatives/positives per finding (training split).",
-)
+@class_weight_option("training split", cls=RecipeOption)
 @click.option("--hflip", cls=RecipeOption, type=float, help="Probability of a horizontal flip.")
 @click.option("--rotate", cls=RecipeOption, type=float, help="Maximum random rotation in degrees.")
 @click.option(
@@ -176,35 +177,10 @@ def _shown(value: Any) -> str:
     show_default=True,
     help="Split scored at the end into predictions.json.",
 )
-@click.option(
-    "--uncertain",
-    type=RegistryChoice("cxrprobe.data.targets:UNCERTAIN_POLICIES"),
-    default="ignore",
-    show_default=True,
-    help="Training use of uncertain (-1) labels: masked out of the loss, or mapped to 0 or 1.",
-)
-@click.option(
-    "--blank",
-    type=RegistryChoice("cxrprobe.data.targets:BLANK_POLICIES"),
-    default="missing",
-    show_default=True,
-    help="Training use of not-annotated (blank) labels: masked out of the loss, or negatives. "
-    "Validation AUROC and the predictions are judged on the labels as the manifest made them "
-    "(build it with --blank negative to score blanks as negatives, as the study does).",
-)
-@click.option(
-    "--findings",
-    metavar="SPEC",
-    default=None,
-    help="Train and score only these of the images' findings: a named set (study-chexpert), "
-    "finding ids, or both, comma-separated; default all. `cxrprobe datasets` lists the sets.",
-)
-@click.option(
-    "--allow-leakage",
-    is_flag=True,
-    help="Accept a patient with images in two of the train/val/test splits (refused by default); "
-    "recorded in run.json and the predictions' provenance.",
-)
+@uncertain_option(TRAINING_USE)
+@blank_option(TRAINING_USE, SCORED_AS_MADE)
+@findings_option("Train and score only these of the images' findings")
+@allow_leakage_option("run.json and the predictions' provenance")
 @click.option(
     "--out",
     required=True,

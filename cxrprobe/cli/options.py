@@ -1,6 +1,7 @@
-"""The options several commands share: device, seed and model (with their checks), image source;
-choices read from the library's registries; list-valued options; and the old spellings of renamed
-options, which still work for one release."""
+"""The options several commands share: device, seed and model (with their checks), image source,
+label policies, finding subset, leakage and class weights (one meaning in every command); choices
+read from the library's registries; list-valued options; and the old spellings of renamed options,
+which still work for one release."""
 
 from __future__ import annotations
 
@@ -204,7 +205,68 @@ def model_options(init_default: str | None = None) -> Callable:
 
 PRESET_CHOICE = RegistryChoice("cxrprobe.data.preprocess:PRESETS")
 ASPECT_CHOICE = RegistryChoice("cxrprobe.data.preprocess:ASPECTS")
-CLASS_WEIGHT_CHOICE = RegistryChoice("cxrprobe.probe.linear:CLASS_WEIGHTS")
+_CLASS_WEIGHT_CHOICE = RegistryChoice("cxrprobe.probe.linear:CLASS_WEIGHTS")
+_FINDINGS_SPEC = (
+    "a named set (study-chexpert), finding ids, or both, comma-separated; default all. "
+    "`cxrprobe datasets` lists the sets."
+)
+# The label policies' effect on training (probe, finetune): scoring keeps the manifest's labels.
+TRAINING_USE = "in training (masked: out of the loss)"
+SCORED_AS_MADE = (
+    "Validation and test are scored on the labels as the manifest made them (build it with "
+    "--blank negative to score blanks as negatives, as the study does)."
+)
+
+
+def uncertain_option(where: str) -> Callable:
+    """``--uncertain``: what uncertain (-1) labels become (one registry, one meaning in every
+    command); ``where`` says which labels it changes."""
+    return click.option(
+        "--uncertain",
+        type=RegistryChoice("cxrprobe.data.targets:UNCERTAIN_POLICIES"),
+        default="ignore",
+        show_default=True,
+        help=f"Uncertain (-1) labels {where}: kept masked (ignore), or made 0 or 1.",
+    )
+
+
+def blank_option(where: str, note: str) -> Callable:
+    """``--blank``: what not-annotated (blank) labels become; ``where`` says which labels it
+    changes and ``note`` how the command scores them."""
+    return click.option(
+        "--blank",
+        type=RegistryChoice("cxrprobe.data.targets:BLANK_POLICIES"),
+        default="missing",
+        show_default=True,
+        help=f"Not-annotated (blank) labels {where}: kept masked (missing), or made 0 "
+        f"(negative). {note}",
+    )
+
+
+def findings_option(use: str) -> Callable:
+    """``--findings SPEC`` (resolved by :func:`cxrprobe.data.finding_sets.resolve_findings`);
+    ``use`` says what the command does with the findings kept."""
+    return click.option("--findings", metavar="SPEC", default=None, help=f"{use}: {_FINDINGS_SPEC}")
+
+
+def allow_leakage_option(recorded_in: str) -> Callable:
+    """``--allow-leakage``: accept a patient in two splits; ``recorded_in`` names the record."""
+    return click.option(
+        "--allow-leakage",
+        is_flag=True,
+        help="Accept a patient with images in two of the train/val/test splits (refused by "
+        f"default); recorded in {recorded_in}.",
+    )
+
+
+def class_weight_option(note: str, **kwargs: Any) -> Callable:
+    """``--class-weight`` (none or pos_weight); ``kwargs`` give the command's default."""
+    return click.option(
+        "--class-weight",
+        type=_CLASS_WEIGHT_CHOICE,
+        help=f"pos_weight weighs positives by negatives/positives per finding ({note}).",
+        **kwargs,
+    )
 
 
 def image_source_options(raw_settings: bool = False) -> Callable:

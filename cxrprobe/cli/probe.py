@@ -8,11 +8,17 @@ from typing import Any
 import click
 
 from cxrprobe.cli.options import (
-    CLASS_WEIGHT_CHOICE,
+    SCORED_AS_MADE,
+    TRAINING_USE,
     CommaList,
     RegistryChoice,
+    allow_leakage_option,
+    blank_option,
+    class_weight_option,
     device_option,
+    findings_option,
     seed_option,
+    uncertain_option,
 )
 from cxrprobe.cli.output import library_errors, progress_in
 from cxrprobe.errors import ConfigError
@@ -94,36 +100,10 @@ class GridType(CommaList):
     is_flag=True,
     help="Refit the chosen C on train+val before scoring the test split.",
 )
-@click.option(
-    "--class-weight",
-    type=CLASS_WEIGHT_CHOICE,
-    default="none",
-    show_default=True,
-    help="pos_weight weighs positives by negatives/positives per finding (the study's setting).",
-)
-@click.option(
-    "--uncertain",
-    type=RegistryChoice("cxrprobe.data.targets:UNCERTAIN_POLICIES"),
-    default="ignore",
-    show_default=True,
-    help="Training use of uncertain (-1) labels: masked out of the loss, or mapped to 0 or 1.",
-)
-@click.option(
-    "--blank",
-    type=RegistryChoice("cxrprobe.data.targets:BLANK_POLICIES"),
-    default="missing",
-    show_default=True,
-    help="Training use of not-annotated (blank) labels: masked out of the loss, or negatives. "
-    "Validation and test are scored on the store's labels as they are (build the manifest with "
-    "--blank negative to score blanks as negatives, as the study does).",
-)
-@click.option(
-    "--findings",
-    metavar="SPEC",
-    default=None,
-    help="Fit and score only these of the store's findings: a named set (study-chexpert), "
-    "finding ids, or both, comma-separated; default all. `cxrprobe datasets` lists the sets.",
-)
+@class_weight_option("the study's setting", default="none", show_default=True)
+@uncertain_option(TRAINING_USE)
+@blank_option(TRAINING_USE, SCORED_AS_MADE)
+@findings_option("Fit and score only these of the store's findings")
 @click.option(
     "--train-split",
     type=_NAMES,
@@ -213,12 +193,7 @@ class GridType(CommaList):
     default=None,
     help="Re-score the test split with saved weights (a .weights.safetensors file) instead of fitting.",
 )
-@click.option(
-    "--allow-leakage",
-    is_flag=True,
-    help="Accept a patient with images in two of the train/val/test splits (refused by default); "
-    "recorded in the predictions' provenance.",
-)
+@allow_leakage_option("the predictions' provenance")
 def probe(**params: Any) -> None:
     """Fit a linear (or kNN) probe on cached embeddings and predict the test split.
 

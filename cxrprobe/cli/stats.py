@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from cxrprobe.cli.options import device_option, seed_option, stack_options
+from cxrprobe.cli.options import device_option, findings_option, seed_option, stack_options
 from cxrprobe.cli.output import library_errors, progress_in
 
 _FILE = click.Path(dir_okay=False, path_type=Path)
@@ -78,14 +78,7 @@ def _bootstrap_options(command):
             help="Subgroup field of the predictions: 'sex', 'view', or numeric bins "
             "'age:0,40,60,80'; repeat for several.",
         ),
-        click.option(
-            "--findings",
-            metavar="SPEC",
-            default=None,
-            help="Score only these of the files' findings (they alone form the FDR family): a "
-            "named set (study-chexpert), finding ids, or both, comma-separated; default all. "
-            "`cxrprobe datasets` lists the sets.",
-        ),
+        findings_option("Score only these of the files' findings (they alone form the FDR family)"),
         click.option("--out", type=_FILE, default=None, help="Write the JSON report here."),
         click.option("--markdown", type=_FILE, default=None, help="Write a markdown report."),
         click.option(
@@ -119,6 +112,13 @@ def _options(kw: dict):
         include_rare=kw["include_rare"],
         ece_bins=kw["ece_bins"],
     )
+
+
+def _shared(kw: dict) -> dict:
+    """The keyword arguments run_compare and run_evaluate take alike: subgroups, finding subset,
+    outputs and progress."""
+    names = ("by", "findings", "out", "markdown", "subgroup_plot", "reliability_plot")
+    return {**{name: kw[name] for name in names}, "progress": progress_in("resample")}
 
 
 def _show(report: dict, written: list) -> None:
@@ -177,14 +177,8 @@ def compare(file_a: Path, file_b: Path, **kw) -> None:
             align=kw["align"],
             validation_a=kw["validation_a"],
             validation_b=kw["validation_b"],
-            by=kw["by"],
-            findings=kw["findings"],
-            out=kw["out"],
-            markdown=kw["markdown"],
             plot=kw["plot"],
-            subgroup_plot=kw["subgroup_plot"],
-            reliability_plot=kw["reliability_plot"],
-            progress=progress_in("resample"),
+            **_shared(kw),
         )
     _show(report, written)
 
@@ -215,13 +209,7 @@ def evaluate(file: Path, **kw) -> None:
             file,
             _options(kw),
             validation=kw["validation"],
-            by=kw["by"],
-            findings=kw["findings"],
-            out=kw["out"],
-            markdown=kw["markdown"],
-            subgroup_plot=kw["subgroup_plot"],
-            reliability_plot=kw["reliability_plot"],
-            progress=progress_in("resample"),
+            **_shared(kw),
         )
     _show(report, written)
 

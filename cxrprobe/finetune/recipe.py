@@ -37,17 +37,17 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from cxrprobe.cache.source import ImageSource, check_image_source, from_cache, from_manifest
-from cxrprobe.data.finding_sets import resolve_findings
 from cxrprobe.data.preprocess import NO_NORMALIZATION, PRESETS, preset_config
 from cxrprobe.data.targets import BLANK_POLICIES, UNCERTAIN_POLICIES
 from cxrprobe.errors import ConfigError
 from cxrprobe.finetune.augment import ROTATE_MODES
 from cxrprobe.finetune.outputs import OUTPUTS
+from cxrprobe.finetune.plan import with_findings
 from cxrprobe.finetune.run import FinetuneResult, FinetuneRun
 from cxrprobe.outputs import check_output_location, check_replaceable
 from cxrprobe.progress import ProgressFactory
@@ -59,22 +59,25 @@ SELECT_BY = ("auroc", "loss")  # validation metric choosing the best epoch
 
 # The settings each recipe gives every option not set explicitly (FinetuneConfig field names).
 # docs/finetune.md lists both side by side with the study's source lines.
+_SHARED = {  # the study's (tayebiarasteh/vit-med at bcc0db8), kept by the modern recipe
+    "size": 224,
+    "lr": 1e-5,
+    "schedule": "constant",
+    "warmup_epochs": 0.0,
+    "min_lr_ratio": 0.0,
+    "layer_decay": 1.0,
+    "clip_grad": None,
+    "drop_path": 0.0,
+    "class_weights": True,
+    "hflip": 0.5,
+    "rotate": 7.0,
+}
 RECIPES: dict[str, dict[str, Any]] = {
     "modern": {
-        "size": 224,
+        **_SHARED,
         "epochs": 10,
         "batch_size": 32,
-        "lr": 1e-5,
         "weight_decay": 0.01,
-        "schedule": "constant",
-        "warmup_epochs": 0.0,
-        "min_lr_ratio": 0.0,
-        "layer_decay": 1.0,
-        "clip_grad": None,
-        "drop_path": 0.0,
-        "class_weights": True,
-        "hflip": 0.5,
-        "rotate": 7.0,
         "rotate_mode": "bilinear",
         "precision": "auto",  # bf16 autocast on CUDA, float32 on CPU
         "patience": 5,
@@ -82,21 +85,11 @@ RECIPES: dict[str, dict[str, Any]] = {
         "mean": None,  # the model config's normalisation
         "std": None,
     },
-    "study": {  # tayebiarasteh/vit-med at bcc0db8
-        "size": 224,
+    "study": {
+        **_SHARED,
         "epochs": 100,
         "batch_size": 30,
-        "lr": 1e-5,
         "weight_decay": 0.0,
-        "schedule": "constant",
-        "warmup_epochs": 0.0,
-        "min_lr_ratio": 0.0,
-        "layer_decay": 1.0,
-        "clip_grad": None,
-        "drop_path": 0.0,
-        "class_weights": True,
-        "hflip": 0.5,
-        "rotate": 7.0,
         "rotate_mode": "nearest",  # torchvision RandomRotation's default
         "precision": "fp32",
         "patience": None,  # all epochs are trained
@@ -263,23 +256,6 @@ def finetune(
         check_replaceable(out_dir, "finetune", own_names=OUTPUTS)
     with torchrun_context(config.device) as ctx:
         return FinetuneRun(config, source, Path(out_dir), ctx, progress).execute(resume, overwrite)
-
-
-def with_findings(source: ImageSource, spec: str | None) -> ImageSource:
-    """``source`` with only the findings ``spec`` names (``finding_sets.resolve_findings``; None:
-    all, unchanged); ConfigError names an unknown finding or one the source lacks."""
-    if spec is None:
-        return source
-    meta = source.metadata
-    described = source.description
-    where = (
-        f"the images {described.get('path') or described.get('manifest') or described.get('name')}"
-    )
-    wanted = set(resolve_findings(spec, meta.findings, where))
-    columns = [i for i, f in enumerate(meta.findings) if f in wanted]  # the source's order
-    findings = tuple(meta.findings[i] for i in columns)
-    subset = replace(meta, labels=meta.labels[:, columns], findings=findings)  # subgroups kept
-    return replace(source, metadata=subset)
 
 
 def check_preprocessing(recipe: str, source: ImageSource | None) -> None:

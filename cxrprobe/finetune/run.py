@@ -19,13 +19,13 @@ from typing import Any
 import numpy as np
 
 from cxrprobe.cache.source import ImageSource
-from cxrprobe.data.splits import check_patient_leakage
 from cxrprobe.data.targets import evaluation_targets, fittable, positive_weights, to_targets
 from cxrprobe.devices import DistContext, barrier
 from cxrprobe.errors import ConfigError, DataFormatError
 from cxrprobe.finetune import outputs
 from cxrprobe.finetune.checkpoint import load_checkpoint, save_checkpoint
 from cxrprobe.finetune.distributed import gather_objects
+from cxrprobe.finetune.plan import check_leakage, make_plan, split_rows
 from cxrprobe.finetune.trainer import Plan, Trainer, probabilities
 from cxrprobe.progress import ProgressFactory, start_bar
 from cxrprobe.provenance import atomic_write_json, write_run_record
@@ -78,82 +78,6 @@ class FinetuneResult:
     finished: bool
     summary: dict[str, Any]
     history: list[dict[str, Any]]
-
-
-def split_rows(source: ImageSource, config: Any) -> dict[str, np.ndarray]:
-    """Train/val/test row numbers without known failures; training rows need at least one
-    training target (under the ``uncertain``/``blank`` policies).
-
-    Raises ``ConfigError`` when a split is empty, or when no finding has both a positive and a
-    negative validation label (checkpoints could not be selected; validation is judged on the
-    labels as they are, see :func:`~cxrprobe.data.targets.evaluation_targets`).
-    """
-    meta = source.metadata
-    usable = np.ones(len(meta), dtype=bool)
-    usable[list(source.known_failures)] = False
-    observed = to_targets(meta.labels, config.uncertain, config.blank)[1]
-    rows = {}
-    for role in ("train", "val", "test"):
-        name = getattr(config, f"{role}_split")
-        chosen = usable & (meta.split == name)
-        if role == "train":
-            chosen &= observed.any(axis=1)
-        rows[role] = np.flatnonzero(chosen)
-        if rows[role].size == 0:
-            raise ConfigError(
-                f"the {role} split ({name!r}) has no usable rows; check the manifest's split column or pass --{role}-split"
-            )
-    if not fittable(evaluation_targets(meta.labels[rows["val"]])).any():
-        raise ConfigError(
-            f"no finding has both positive and negative labels in the validation split ({config.val_split!r}), "
-            "so checkpoints cannot be selected: add validation rows or choose another --val-split"
-        )
-    return rows
-
-
-def check_leakage(source: ImageSource, rows: dict[str, np.ndarray], allow: bool) -> list[str]:
-    """Refuse a patient with rows in two of train/val/test (``LeakageError`` unless ``allow``);
-    returns the patients allowed in several splits (sorted), for the run record."""
-    meta = source.metadata
-    every = np.concatenate(list(rows.values()))
-    roles = np.concatenate([np.full(len(r), role, dtype=object) for role, r in rows.items()])
-    described = source.description
-    where = described.get("path") or described.get("manifest") or described.get("name")
-    return check_patient_leakage(
-        roles,
-        np.asarray(meta.patient_id, dtype=str)[every],
-        allow=allow,
-        source=f"the images {where}",
-        fix="Give every patient's images one split: rebuild the manifest with a patient-level "
-        "split (`cxrprobe manifest ... --split random`) and the image cache from it",
-    )
-
-
-def make_plan(config: Any, n_train: int, world_size: int, device_type: str) -> Plan:
-    """Micro-batch, steps per epoch and schedule length from the global batch size."""
-    per_step = world_size * config.accum_steps
-    if config.batch_size % per_step:
-        raise ConfigError(
-            f"--batch-size {config.batch_size} is not divisible by processes × --accum-steps "
-            f"({world_size} × {config.accum_steps}); choose a multiple of {per_step}"
-        )
-    micro = config.batch_size // per_step
-    steps = (math.ceil(n_train / world_size) // micro) // config.accum_steps
-    if steps < 1:
-        raise ConfigError(
-            f"the training split has {n_train} usable images, fewer than one batch of {config.batch_size}; lower --batch-size"
-        )
-    precision = config.precision
-    if precision == "auto":
-        precision = "bf16" if device_type == "cuda" else "fp32"
-    return Plan(
-        micro_batch=micro,
-        accum_steps=config.accum_steps,
-        steps_per_epoch=steps,
-        total_steps=steps * config.epochs,
-        warmup_steps=round(config.warmup_epochs * steps),
-        precision=precision,
-    )
 
 
 def check_resumable(saved: dict[str, Any], current: dict[str, Any], checkpoint: Path) -> None:

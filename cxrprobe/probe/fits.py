@@ -57,15 +57,10 @@ def fit_linear(
         "backend": config.backend,
         **linear_grid(report, probe, findings),
         "class_weight": config.class_weight,
-        "uncertain": config.uncertain,
-        "blank": config.blank,
+        **_policies(config),
     }
     provenance = {
-        **base,
-        **training_policies(config.uncertain, config.blank),
-        "backend": config.backend,
-        "chosen": summary["chosen"],
-        "grid": [float(c) for c in report.cs],
+        **_provenance(config, base, summary, config.backend, [float(c) for c in report.cs]),
         "probe_weights": str(paths["weights"]),
         "probe_weights_sha256": sha256_file(paths["weights"]),
     }
@@ -138,16 +133,28 @@ def fit_knn(
         device=device,
         max_memory=config.max_memory,
     )
-    summary = {**knn_grid(report, findings), "uncertain": config.uncertain, "blank": config.blank}
-    provenance = {
-        **base,
-        **training_policies(config.uncertain, config.blank),
-        "backend": "torch",
-        "chosen": summary["chosen"],
-        "grid": [int(k) for k in report.ks],
-    }
+    summary = {**knn_grid(report, findings), **_policies(config)}
+    provenance = _provenance(config, base, summary, "torch", [int(k) for k in report.ks])
     scores = {"test": scores, "val": report.val_scores}  # val: None without validation rows
     return summary, {k: v for k, v in scores.items() if v is not None}, provenance
+
+
+def _policies(config: Any) -> dict[str, str]:
+    """The label policies a fit trained under, as its summary records them."""
+    return {"uncertain": config.uncertain, "blank": config.blank}
+
+
+def _provenance(
+    config: Any, base: dict[str, Any], summary: dict[str, Any], backend: str, grid: list
+) -> dict[str, Any]:
+    """A fit's provenance: the run's ``base``, its training policies, backend, choice and grid."""
+    return {
+        **base,
+        **training_policies(config.uncertain, config.blank),
+        "backend": backend,
+        "chosen": summary["chosen"],
+        "grid": grid,
+    }
 
 
 FITS = {"linear": fit_linear, "knn": fit_knn}

@@ -94,9 +94,14 @@ def write_report_outputs(
     return written
 
 
-def _labels(report: dict[str, Any]) -> list[str]:
-    """The labels a report covers (those the finding subset kept), in its order."""
-    return [row["label"] for row in report["labels"]]
+def _record_and_write(
+    report: dict[str, Any], outputs: Mapping[str, Output], command: str, config: dict[str, Any]
+) -> list[Path]:
+    """Complete ``config`` with the labels the report covers (those the finding subset kept),
+    record it in the report and write the outputs; return the paths written."""
+    config["labels"] = [row["label"] for row in report["labels"]]
+    report["run"] = {"command": command, "config": config}
+    return write_report_outputs(report, outputs, command=command, config=config)
 
 
 def _prepare(outputs: Mapping[str, Output], by: Sequence, **paths: Any) -> dict[str, Any]:
@@ -170,13 +175,11 @@ def run_compare(
         findings=findings,
         progress=progress,
     )
-    config["labels"] = _labels(report)
     if cells:
         report["cells"] = dict(cells)
         report["names"] = {key: cells[key] for key in ("a", "b")}
         finish(report)
-    report["run"] = {"command": "cxrprobe compare", "config": config}
-    return report, write_report_outputs(report, outputs, command="cxrprobe compare", config=config)
+    return report, _record_and_write(report, outputs, "cxrprobe compare", config)
 
 
 def run_evaluate(
@@ -207,6 +210,4 @@ def run_evaluate(
     report = evaluate_file(
         file, options, validation=validation, by=by, findings=findings, progress=progress
     )
-    config["labels"] = _labels(report)
-    report["run"] = {"command": "cxrprobe evaluate", "config": config}
-    return report, write_report_outputs(report, outputs, command="cxrprobe evaluate", config=config)
+    return report, _record_and_write(report, outputs, "cxrprobe evaluate", config)
