@@ -13,7 +13,7 @@ import pytest
 import timm
 import torch
 from click.testing import CliRunner
-from sklearn.metrics import roc_auc_score
+from test_study import _mean_auroc
 
 from cxrprobe.cli import main
 from cxrprobe.data.finding_sets import get_finding_set
@@ -115,17 +115,6 @@ def _tiny_weights(folder: Path) -> dict[str, Path]:
             state[key] = torch.ones_like(state[key])  # 1e-5: a random model would ignore images
         paths[init] = save_state_dict(state, folder / f"{init}.safetensors")
     return paths
-
-
-def _mean_auroc(path: Path) -> float:
-    pred = read_predictions(path)
-    values = []
-    for j in range(len(pred.labels)):
-        keep = ~np.isnan(pred.targets[:, j])
-        y = pred.targets[keep, j]
-        if 0 < y.sum() < len(y):
-            values.append(roc_auc_score(y, pred.scores[keep, j]))
-    return float(np.mean(values))
 
 
 def test_template_runs_end_to_end_on_stand_ins(tmp_path):
