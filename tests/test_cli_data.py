@@ -127,7 +127,16 @@ def test_manifest_generic_with_column_map(runner, tmp_path):
             "--aggregation does not apply to chexpert",
         ),
         (
-            ["manifest", "chestxray14", "--root", "{root}", "-o", "{out}", "--test-fraction", "0.9"],
+            [
+                "manifest",
+                "chestxray14",
+                "--root",
+                "{root}",
+                "-o",
+                "{out}",
+                "--test-fraction",
+                "0.9",
+            ],
             2,
             "sum to less than 1",
         ),

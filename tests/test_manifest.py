@@ -150,7 +150,9 @@ def test_label_policies_travel_in_the_parquet_metadata(manifest, tmp_path):
     again = write_manifest(back, tmp_path / "again.parquet")  # kept from df.attrs by default
     assert label_policies(read_manifest(again)) == policies
     assert manifest_hash(read_manifest(again)) == manifest_hash(manifest)
-    assert label_policies(read_manifest(write_manifest(manifest, tmp_path / "none.parquet"))) is None
+    assert (
+        label_policies(read_manifest(write_manifest(manifest, tmp_path / "none.parquet"))) is None
+    )
     manifest.to_csv(tmp_path / "m.csv", index=False)
     assert label_policies(read_manifest(tmp_path / "m.csv")) is None  # a CSV cannot say
     with pytest.raises(ConfigError, match="must name exactly uncertain, blank"):

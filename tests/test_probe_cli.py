@@ -154,7 +154,9 @@ def test_split_csv_and_validation_fraction(store, tmp_path):
     csv = tmp_path / "splits.csv"
     csv.write_text("image_id,split\n" + "\n".join(lines) + "\n")
     out = tmp_path / "p.json"
-    options = "--train-split fit --test-split holdout --val-fraction 0.25 --grid 0.1,1 --allow-leakage"
+    options = (
+        "--train-split fit --test-split holdout --val-fraction 0.25 --grid 0.1,1 --allow-leakage"
+    )
     result = invoke("--store", store, "--out", out, "--split-csv", csv, *options.split())
     assert result.exit_code == 0, result.output
     summary = json.loads((tmp_path / "p.summary.json").read_text())

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner
-from test_study import CONFIG, TINY, TINY16, _mean_auroc
+from tests.test_study import CONFIG, TINY, TINY16, _mean_auroc
 
 from cxrprobe.cli import main
 from cxrprobe.data.synthetic import generate_dataset

@@ -13,7 +13,7 @@ import pytest
 import timm
 import torch
 from click.testing import CliRunner
-from test_study import _mean_auroc
+from tests.test_study import _mean_auroc
 
 from cxrprobe.cli import main
 from cxrprobe.data.finding_sets import get_finding_set

@@ -140,6 +140,7 @@ def preset_config(preset: str | None, **overrides: Any) -> PreprocessConfig:
     given = {k: v for k, v in overrides.items() if v is not None}
     return replace(PRESETS[preset or "default"], **given)
 
+
 def preprocess(gray: np.ndarray, cfg: PreprocessConfig, invert: bool = False) -> np.ndarray:
     """Decoded grayscale (H, W) → uint8 (size, size), by the steps in the module docs.
 
