@@ -15,10 +15,15 @@ probe_1536         same at 800k x 1536 (``cls+mean``)
 finetune           ViT-B/14 at 224, bf16, training images/s in memory and from the cache (>= 800)
 =================  ==========================================================================
 
+Before any step, every requirement in ``setup.cfg`` is checked (installed, new enough,
+importable); on a GPU the suite stops at once, naming what is missing, rather than spend device
+time on steps that would fail. On a machine with no network, carry the missing wheels
+(``benchmarks/gpu_wheels.py`` here, ``benchmarks/gpu_run.sh`` there).
+
 cuML: when ``cuml`` is not importable the ``gpu`` extra's requirements are installed first
-(``pip install``); if that fails (e.g. no network) the probe steps run the torch backend alone
-and the table says why cuML is missing. The whole suite is sized for about 8 minutes on one
-H100/H200; ``--budget`` skips steps that would start after it is spent.
+(``pip install``; not with ``--no-install``); if that fails (e.g. no network) the probe steps run
+the torch backend alone and the table says why cuML is missing. The whole suite is sized for
+about 8 minutes on one H100/H200; ``--budget`` skips steps that would start after it is spent.
 
 ``--cpu-smoke`` runs every step at toy size on the CPU in well under a minute (CI runs it, so the
 suite never rots): the ``gpu`` tests are only collected, the compiled extraction runs with
@@ -32,6 +37,7 @@ process (no interpreter start-up per step).
 from __future__ import annotations
 
 import argparse
+import configparser
 import contextlib
 import importlib.metadata
 import importlib.util
@@ -212,27 +218,57 @@ def run_step(step: Step, smoke: bool, work: Path) -> tuple[dict[str, Any], str]:
     return _last_json(done.stdout), shown
 
 
-def ensure_cuml() -> str | None:
-    """None when cuML imports (installing the ``gpu`` extra's packages first if needed), else why not."""
+def requirements(section: str = "install_requires") -> list[str]:
+    """cxrprobe's requirements (or an extra's, ``section="gpu"``) as written in ``setup.cfg``."""
+    config = configparser.ConfigParser()
+    config.read(ROOT / "setup.cfg")
+    key = (
+        ("options", "install_requires")
+        if section == "install_requires"
+        else ("options.extras_require", section)
+    )
+    lines = config.get(*key, fallback="").splitlines()
+    return [line.split("#")[0].strip() for line in lines if line.split("#")[0].strip()]
+
+
+IMPORT_NAMES = {"scikit-learn": "sklearn", "pillow": "PIL"}  # where the module's name differs
+
+
+def unmet_requirements() -> list[str]:
+    """Each requirement that is missing, too old or too new, or fails to import: one line each."""
+    from packaging.requirements import Requirement
+
+    problems = []
+    for line in requirements():
+        req = Requirement(line)
+        try:
+            found = importlib.metadata.version(req.name)
+        except importlib.metadata.PackageNotFoundError:
+            problems.append(f"{req}: not installed")
+            continue
+        if not req.specifier.contains(found, prereleases=True):
+            problems.append(f"{req}: {found} installed")
+            continue
+        module = IMPORT_NAMES.get(req.name.lower(), req.name.lower().replace("-", "_"))
+        try:
+            importlib.import_module(module)
+        except Exception as exc:  # an import error of any kind is what we report
+            problems.append(f"{req}: import {module} failed ({type(exc).__name__}: {exc})")
+    return problems
+
+
+def ensure_cuml(install: bool = True) -> str | None:
+    """None when cuML imports (installing the ``gpu`` extra's packages first if allowed), else why not."""
     if importlib.util.find_spec("cuml") is not None:
         return None
-    try:
-        wanted = [
-            r.split(";")[0].strip()
-            for r in importlib.metadata.requires("cxrprobe") or []
-            if re.search(r"extra\s*==\s*['\"]gpu['\"]", r)
-        ]
-    except importlib.metadata.PackageNotFoundError:
-        wanted = []
-    if not wanted:
-        return "cuML is not installed and cxrprobe's gpu extra lists nothing to install"
+    wanted = requirements("gpu")
+    if not install:
+        return f"cuML is not installed ({' '.join(wanted)}) and --no-install was given"
     pip = [sys.executable, "-m", "pip", "install", "-q", "--retries", "1", "--timeout", "20"]
-    done = subprocess.run(
-        [*pip, *wanted],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    try:
+        done = subprocess.run([*pip, *wanted], capture_output=True, text=True, timeout=300)
+    except subprocess.TimeoutExpired:
+        return f"cuML missing; installing the gpu extra ({' '.join(wanted)}) took over 300 s"
     importlib.invalidate_caches()
     if done.returncode != 0 or importlib.util.find_spec("cuml") is None:
         tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
@@ -270,7 +306,9 @@ def device_name(smoke: bool) -> str:
     return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
 
 
-def run_suite(smoke: bool, budget_s: float, only: list[str] | None = None) -> dict[str, Any]:
+def run_suite(
+    smoke: bool, budget_s: float, only: list[str] | None = None, install: bool = True
+) -> dict[str, Any]:
     from cxrprobe.provenance import now_utc, versions
 
     started = time.perf_counter()
@@ -283,7 +321,7 @@ def run_suite(smoke: bool, budget_s: float, only: list[str] | None = None) -> di
                 continue
             record: dict[str, Any] = {"step": step.name, "status": "ok", "note": ""}
             if not smoke and step.script == "bench_probe.py" and cuml_note is None:
-                cuml_note = ensure_cuml() or ""
+                cuml_note = ensure_cuml(install) or ""
             if cuml_note and step.script == "bench_probe.py":
                 step.gpu_args = [a for a in step.gpu_args if a not in ("--compare", "cuml")]
                 record["note"] = cuml_note
@@ -370,7 +408,19 @@ def main() -> None:
         "--budget", type=float, default=480, help="seconds after which remaining steps are skipped"
     )
     parser.add_argument("--only", default=None, help="comma list of step names to run")
+    parser.add_argument(
+        "--no-install",
+        action="store_true",
+        help="never pip-install cuML (a machine with no network)",
+    )
     args = parser.parse_args()
+    unmet = unmet_requirements()
+    if unmet:
+        raise SystemExit(
+            "cxrprobe's requirements are not met here:\n  " + "\n  ".join(unmet) + "\n"
+            "On a machine with no network, run `python benchmarks/gpu_wheels.py` where pip works "
+            "and carry .whl/ (docs/benchmarks.md, 'The GPU suite')."
+        )
     if not args.cpu_smoke:
         import torch
 
@@ -379,7 +429,7 @@ def main() -> None:
     from cxrprobe.provenance import atomic_write_json
 
     only = args.only.split(",") if args.only else None
-    result = run_suite(args.cpu_smoke, args.budget, only)
+    result = run_suite(args.cpu_smoke, args.budget, only, install=not args.no_install)
     atomic_write_json(args.out, result)
     print("\n".join(table(result)))
 
