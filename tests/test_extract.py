@@ -454,3 +454,21 @@ def test_a_failing_write_stops_the_run_with_its_error(data, tmp_path, monkeypatc
     assert RowStore.open(tmp_path / "full.zarr").done_shards() == set()
     with pytest.raises(IncompleteStoreError):
         open_embeddings(tmp_path / "full.zarr")
+
+
+def test_the_first_batch_compute_is_timed_apart(data, tmp_path, monkeypatch):
+    """A slow first forward (as under --compile) shows in first_compute_seconds, not later."""
+    from cxrprobe.cache.pipeline import Extractor
+
+    compute, calls = Extractor._compute, []
+
+    def slow_first(self, images):
+        calls.append(len(images))
+        if len(calls) in (1, 3):  # the first batch, and a later one that must not count
+            time.sleep(0.4)
+        return compute(self, images)
+
+    monkeypatch.setattr(Extractor, "_compute", slow_first)
+    timings = run(tmp_path / "t.zarr", {"images": data["images"]})["timings"]
+    assert len(calls) > 3 and timings["seconds"] >= 0.8
+    assert 0.4 <= timings["first_compute_seconds"] < 0.8

@@ -11,7 +11,6 @@ import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner
-from tests.test_study import CONFIG, TINY, TINY16, _mean_auroc
 
 from cxrprobe.cli import main
 from cxrprobe.data.synthetic import generate_dataset
@@ -20,6 +19,7 @@ from cxrprobe.provenance import sha256_file
 from cxrprobe.stats.predictions import Predictions, read_predictions, write_predictions
 from cxrprobe.workflow.plan import Paths, Step
 from cxrprobe.workflow.state import DONE, STALE, TO_RUN, plan_states, run_plan
+from tests.test_study import CONFIG, TINY, TINY16, _mean_auroc
 
 
 # ----------------------------------------------------------- the machinery, on stand-in steps

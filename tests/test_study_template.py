@@ -13,13 +13,13 @@ import pytest
 import timm
 import torch
 from click.testing import CliRunner
-from tests.test_study import _mean_auroc
 
 from cxrprobe.cli import main
 from cxrprobe.data.finding_sets import get_finding_set
 from cxrprobe.stats.predictions import read_predictions
 from cxrprobe.weights import save_state_dict
 from tests.study_standins import write_standins
+from tests.test_study import _mean_auroc
 
 DATASETS = ["vindr", "chestxray14", "chexpert", "mimic", "padchest", "uka"]
 INITS = ["dinov2", "imagenet", "mimic"]
