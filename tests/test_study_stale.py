@@ -297,3 +297,33 @@ def test_changed_label_table_redoes_every_step(study):
         manifest.loc[table["image_id"], finding].to_numpy(), table[finding].to_numpy()
     )
     _check_report(run)
+
+
+def test_a_copied_study_folder_is_done_and_reports_the_same(tmp_path):
+    """Config, data and run copied elsewhere (new mtimes, new absolute paths): every step is
+    done, the report shows the same cells, and a changed file in the copy is still caught."""
+    study = tmp_path / "first"  # its own study: the module's is changed by the tests above
+    generate_dataset(study / "data", n=90, size=64, seed=3)
+    (study / "study.toml").write_text(STUDY.format(tiny=TINY, tiny16=TINY16))
+    first = _study(study, "study.toml")
+    assert first.exit_code == 0, first.output
+    assert CliRunner().invoke(main, ["report", str(study / "run")]).exit_code == 0
+    original = json.loads((study / "run" / "report.json").read_text())
+    copy = tmp_path / "elsewhere"
+    shutil.copytree(study, copy)
+    listed = _study(copy, "study.toml", "--dry-run")
+    assert listed.exit_code == 0, listed.output
+    assert set(_states(listed.output).values()) == {"done"}
+    result = CliRunner().invoke(main, ["report", str(copy / "run")])
+    assert result.exit_code == 0, result.output
+    report = _check_report(copy / "run")
+    assert [(c["init"], c["method"], c["mean_auroc"]) for c in report["cells"]] == [
+        (c["init"], c["method"], c["mean_auroc"]) for c in original["cells"]
+    ]
+    assert all(str(copy) in c["predictions"] for c in report["cells"])
+    preds = copy / "run" / "syn" / "b16" / "probe" / "predictions.json"
+    pred = read_predictions(preds)
+    write_predictions(Predictions(**{**pred.__dict__, "scores": 1.0 - pred.scores}), preds)
+    assert CliRunner().invoke(main, ["report", str(copy / "run")]).exit_code == 0
+    stale = json.loads((copy / "run" / "report.json").read_text())["stale"]
+    assert [(r["a"], r["b"]) for r in stale] == [("b16/probe", "p14/probe")]

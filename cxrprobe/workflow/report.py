@@ -22,6 +22,7 @@ import numpy as np
 
 from cxrprobe.errors import DataFormatError, InputFileError
 from cxrprobe.provenance import atomic_write_json, atomic_write_text, now_utc, sha256_file
+from cxrprobe.workflow.moves import Move
 
 REPORT_FORMAT = "cxrprobe.study-report"
 _COMPARISON_VERSION = 2  # comparison reports whose p_bootstrap is two-sided
@@ -82,7 +83,7 @@ def collect_study(run_dir: str | os.PathLike, alpha: float = 0.05) -> dict[str, 
                 "mean_auroc": mean[f"auroc_{side}"],
                 "ci": mean[f"auroc_{side}_ci"],
                 "n_labels": mean.get("n_labels"),
-                "predictions": report["models"][side]["path"],
+                "predictions": str(_resolve(Path(report["models"][side]["path"]), path)),
             }
         labels = [r for r in report["labels"] if r.get("in_fdr_family")]
         rows.append(
@@ -138,15 +139,16 @@ def _changed_inputs(report: dict[str, Any], path: Path, hashes: dict[Path, str])
 
 
 def _resolve(file: Path, report: Path) -> Path:
-    """A recorded input path; a relative one against the folder the comparison ran in (from its
-    run record), else the current folder."""
-    if file.is_absolute():
-        return file
+    """A recorded input path: a relative one against the folder the comparison ran in (from its
+    run record, else the current folder), and moved with the comparison where the folder holding
+    both was moved or copied since (:class:`~cxrprobe.workflow.moves.Move`)."""
     try:
-        cwd = json.loads(report.with_name(report.name + ".run.json").read_text())["cwd"]
+        record = json.loads(report.with_name(report.name + ".run.json").read_text())
+        cwd, out = record["cwd"], record["config"]["out"]
     except (OSError, ValueError, KeyError, TypeError):
         return file
-    return Path(cwd) / file
+    move = Move.between(os.path.join(cwd, out), report)
+    return Path(move.forward(os.path.join(cwd, file)))
 
 
 def _fmt(value: float | None, ci: list | None = None, signed: bool = False) -> str:

@@ -23,6 +23,11 @@ creation time, row count and completion flag (no data is read); a file by the sh
 bytes (not read again while its size and modification time are as recorded); another folder by
 the sha256 of its files. The dataset root and hub weights are not inputs: a changed raw dataset
 is not noticed.
+
+A study folder may be moved or copied (scratch to project space, another mount): records hold
+absolute paths, so a record is read through the :class:`Move` its own ``output`` implies (the
+old folder holding the step's output path becomes the new one), and a recorded path counts as
+the same setting or input when it is equal as written or once moved.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ from typing import Any
 
 from cxrprobe.errors import ConfigError, DataFormatError
 from cxrprobe.provenance import atomic_write_json, now_utc, sha256_file, to_jsonable
+from cxrprobe.workflow.moves import Move, same_setting
 from cxrprobe.workflow.plan import Paths, Progress, Step
 
 RECORD_FORMAT = "cxrprobe.step-record"
@@ -136,6 +142,16 @@ def same(a: Mapping[str, Any] | None, b: Mapping[str, Any] | None) -> bool:
     )
 
 
+# ------------------------------------------------------------------------------------- moves
+def _recorded(recorded: Mapping[str, Any], path: Path, move: Move) -> Any:
+    """The identity recorded for input ``path``, under its present or its pre-move name."""
+    return recorded.get(str(path), recorded.get(move.back(str(path))))
+
+
+def _move(step: Step, saved: Mapping[str, Any] | None) -> Move:
+    return Move.between((saved or {}).get("output"), step.output)
+
+
 # ------------------------------------------------------------------------------------ inputs
 def _absolute(path: str | os.PathLike) -> Path:
     return Path(os.path.abspath(os.fspath(path)))
@@ -207,8 +223,12 @@ def changed_settings(step: Step, saved: Mapping[str, Any] | None) -> list[str]:
     """The settings (option names) that differ from the recorded ones."""
     if saved is None:
         return []
-    old, new = saved.get("settings", {}), to_jsonable(step.settings)
-    return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    old, new, move = saved.get("settings", {}), to_jsonable(step.settings), _move(step, saved)
+    return sorted(
+        k
+        for k in set(old) | set(new)
+        if k not in old or k not in new or not same_setting(old[k], new[k], move)
+    )
 
 
 def assess(step: Step, paths: Paths, inputs: Sequence[Path]) -> StepState:
@@ -232,9 +252,9 @@ def assess(step: Step, paths: Paths, inputs: Sequence[Path]) -> StepState:
     if "inputs" not in saved:
         why = "its record was written before cxrprobe recorded the inputs of steps"
         return StepState(step, STALE, (why,), replace=True)
-    recorded, now, reasons = saved["inputs"], {}, []
+    recorded, now, reasons, move = saved["inputs"], {}, [], _move(step, saved)
     for path in inputs:
-        known = recorded.get(str(path))
+        known = _recorded(recorded, path, move)
         now[str(path)] = current = identity(path, known)
         if current is None:
             reasons.append(f"input {show(path)} is missing")
@@ -286,11 +306,18 @@ def _shower(out: Path) -> Callable[[Path], str]:
 
 def refusal(refused: Sequence[tuple[Step, list[str]]], paths: Paths) -> str:
     """The message refusing steps whose settings changed: what changed and what to delete."""
-    return "; ".join(
-        f"step {step.key} already ran with different settings ({', '.join(changed)}); delete "
-        f"{step.output} and {paths.record(step.key)} to redo it (the steps reading its output "
-        "are then redone too), or use another 'out' folder"
+    lines = [
+        f"  step {step.key} already ran with different settings ({', '.join(changed)}): delete "
+        f"{step.output} and {paths.record(step.key)}"
         for step, changed in refused
+    ]
+    return "\n".join(
+        [
+            f"{len(refused)} step(s) would change what they already made; to redo them, delete "
+            "what each line names (the steps reading their outputs are then redone too), or use "
+            "another 'out' folder:",
+            *lines,
+        ]
     )
 
 
@@ -348,8 +375,10 @@ def _run_step(
     interrupted redo is never taken for the old, finished step."""
     record = paths.record(step.key)
     saved = read_record(record)
-    known = (saved or {}).get("inputs", {})
-    read = {str(p): state.inputs.get(str(p)) or identity(p, known.get(str(p))) for p in inputs}
+    known, move = (saved or {}).get("inputs", {}), _move(step, saved)
+    read = {
+        str(p): state.inputs.get(str(p)) or identity(p, _recorded(known, p, move)) for p in inputs
+    }
     if state.replace and saved is not None:
         before = identity(step.output, saved.get("output_identity"))
         atomic_write_json(
