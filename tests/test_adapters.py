@@ -28,6 +28,12 @@ from tests.conftest import REAL_DATA
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "datasets.md"
 
 
+def _where(table: Path, text: str) -> str:
+    """How an error should name the row holding ``text``: found by scanning the file's lines."""
+    line = next(n for n, t in enumerate(table.read_text().splitlines(), start=1) if text in t)
+    return re.escape(f"{table}: data row {line - 1} (line {line})")
+
+
 def _value(df: pd.DataFrame, image_id: str, finding: str) -> float:
     rows = df.index[df["image_id"] == image_id]
     assert len(rows) == 1, f"{image_id} should appear once"
@@ -156,10 +162,12 @@ class TestChestXray14(AdapterContract):
             get_adapter("chestxray14").build(tmp_path, split="official")
 
     def test_unknown_label_names_the_row_and_map(self, tmp_path):
-        (tmp_path / "Data_Entry_2017.csv").write_text(
-            fx.NIH_TABLE.replace("Infiltration,0,6", "Infiltrate,0,6")
-        )
-        with pytest.raises(DataFormatError, match=r"row 6: label 'Infiltrate' .*chestxray14.json"):
+        table = tmp_path / "Data_Entry_2017.csv"
+        table.write_text(fx.NIH_TABLE.replace("Infiltration,0,6", "Infiltrate,0,6"))
+        where = _where(table, "Infiltrate,")
+        with pytest.raises(
+            DataFormatError, match=rf"{where}: label 'Infiltrate' .*chestxray14.json"
+        ):
             get_adapter("chestxray14").build(tmp_path, split="random")
 
 
@@ -187,12 +195,10 @@ class TestCheXpert(AdapterContract):
         assert df["path"].str.startswith("CheXpert-v1.0-small/train/").all()
 
     def test_bad_value_names_file_row_and_column(self, tmp_path):
-        (tmp_path / "train.csv").write_text(
-            fx.CHEXPERT_TRAIN.replace(",0.0,,,,1.0\n", ",0.0,,,,2.0\n", 1)
-        )
-        with pytest.raises(
-            DataFormatError, match=r"train.csv: row 0, column 'Support Devices': value 2.0"
-        ):
+        table = tmp_path / "train.csv"
+        table.write_text(fx.CHEXPERT_TRAIN.replace(",0.0,,,,1.0\n", ",0.0,,,,2.0\n", 1))
+        where = _where(table, ",0.0,,,,2.0")
+        with pytest.raises(DataFormatError, match=rf"{where}, column 'Support Devices': value 2.0"):
             get_adapter("chexpert").build(tmp_path, split="random")
 
 
@@ -217,6 +223,18 @@ class TestMimic(AdapterContract):
         assert _value(df, "096052b7-d256dc40-453a102b-fa7d01c6-1b22c6b4", "pneumonia") == 1
         with pytest.raises(ConfigError, match="labeler"):
             get_adapter("mimic").build(root, labeler="radgraph")
+
+    def test_bad_split_name_names_the_split_tables_row(self, tmp_path):
+        fx.write_mimic(tmp_path)
+        (tmp_path / "mimic-cxr-2.0.0-split.csv.gz").unlink()
+        header, *rows = fx.MIMIC_SPLIT.splitlines()
+        moved = [r.replace(",validate", ",valdiate") for r in rows if r.startswith("096052b7")]
+        table = tmp_path / "mimic-cxr-2.0.0-split.csv"  # its rows in another order than metadata
+        table.write_text("\n".join([header, *(r for r in rows if r not in moved), *moved]) + "\n")
+        with pytest.raises(
+            DataFormatError, match=rf"{_where(table, 'valdiate')}: split 'valdiate' is not a known"
+        ):
+            get_adapter("mimic").build(tmp_path)
 
 
 class TestVinDr(AdapterContract):
@@ -249,6 +267,14 @@ class TestVinDr(AdapterContract):
             for finding, value in labels.items():
                 assert _value(df, image_id, finding) == value, (image_id, finding)
 
+    def test_unknown_class_names_its_row_in_the_long_table(self, tmp_path):
+        table = tmp_path / "vinbigdata-train.csv"
+        table.write_text(fx.VINDR_LONG.replace("cccc,Nodule/Mass", "cccc,Nodule or mass"))
+        with pytest.raises(
+            DataFormatError, match=rf"{_where(table, 'Nodule or mass')}: label 'Nodule or mass'"
+        ):
+            get_adapter("vindr").build(tmp_path, split="random")
+
     def test_bad_aggregation(self, dataset):
         with pytest.raises(ConfigError, match="majority, any"):
             get_adapter("vindr").build(dataset[0], aggregation="mean")
@@ -275,10 +301,9 @@ class TestPadChest(AdapterContract):
         fx.write_padchest(tmp_path)
         table = tmp_path / "PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv.gz"
         table.unlink()
-        (tmp_path / table.name.removesuffix(".gz")).write_text(
-            fx.PADCHEST_TABLE.replace("['normal']", "['normal'")
-        )
-        with pytest.raises(DataFormatError, match="row 2, column Labels"):
+        plain = tmp_path / table.name.removesuffix(".gz")
+        plain.write_text(fx.PADCHEST_TABLE.replace("['normal']", "['normal'"))
+        with pytest.raises(DataFormatError, match=rf"{_where(plain, 'img3.png')}, column Labels"):
             get_adapter("padchest").build(tmp_path, split="random")
 
     def test_no_official_split(self, dataset):
@@ -395,16 +420,37 @@ class TestGeneric(AdapterContract):
         assert finding_columns(df) == ["pleural_effusion"]
         assert any("closest known finding: cardiomegaly" in r.getMessage() for r in caplog.records)
 
+    def test_empty_patient_id_names_its_line(self, tmp_path):
+        table = tmp_path / "hospital.csv"
+        table.write_text(fx.GENERIC_TABLE.replace("b/4.png,m3,", "b/4.png,,"))
+        with pytest.raises(
+            DataFormatError, match=rf"{_where(table, 'b/4.png')}, column patient_id"
+        ):
+            get_adapter("generic").build(tmp_path, column_map=fx.GENERIC_MAP)
+
+    def test_ragged_row_is_one_line(self, tmp_path):
+        table = tmp_path / "hospital.csv"
+        table.write_text(fx.GENERIC_TABLE.replace("b/4.png,m3,PA,", "b/4.png,m3,PA,extra,"))
+        line = next(
+            n for n, text in enumerate(table.read_text().splitlines(), start=1) if "extra" in text
+        )
+        with pytest.raises(DataFormatError) as error:
+            get_adapter("generic").build(tmp_path, column_map=fx.GENERIC_MAP)
+        assert str(error.value).startswith(f"{table}: cannot read as CSV (")
+        assert str(error.value).endswith(f"Expected 10 fields in line {line}, saw 11)")
+        assert "\n" not in str(error.value)
+
     @pytest.mark.parametrize(
         "cell, message",
-        [("moderat", r"row 2, column 'Cardiomegaly': value 'moderat' is not a grade"),
-         ("-2", r"row 2, column 'Cardiomegaly': value '-2' is not a grade")],
+        [("moderat", r", column 'Cardiomegaly': value 'moderat' is not a grade"),
+         ("-2", r", column 'Cardiomegaly': value '-2' is not a grade")],
     )  # fmt: skip
     def test_bad_grade_names_row_and_column(self, tmp_path, cell, message):
-        (tmp_path / "uka.csv").write_text(
+        table = tmp_path / "uka.csv"
+        table.write_text(
             fx.UKA_TABLE.replace("u3.png,q2,holdout,severe", f"u3.png,q2,holdout,{cell}")
         )
-        with pytest.raises(DataFormatError, match=message):
+        with pytest.raises(DataFormatError, match=_where(table, "u3.png") + message):
             get_adapter("generic").build(tmp_path, column_map=fx.UKA_MAP)
 
     @pytest.mark.parametrize(
@@ -520,8 +566,8 @@ def vindr(real_root):
     readers = raw.drop_duplicates(["image_id", "class_name", "rad_id"])
     votes = readers.groupby(["image_id", "class_name"])["rad_id"].nunique().unstack(fill_value=0)
     adapter = get_adapter("vindr")
-    built = {rule: adapter.build(real_root / "vindr", aggregation=rule).set_index("image_id")
-             for rule in ("majority", "any")}  # fmt: skip
+    built = {rule: adapter.build(real_root / "vindr", aggregation=rule, allow_empty_test=True)
+             .set_index("image_id") for rule in ("majority", "any")}  # fmt: skip
     return votes, built
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -55,6 +56,7 @@ def test_manifest_writes_parquet_run_record_and_prevalence(runner, tmp_path):
     assert record["config"]["options"]["val_frac"] == 0.2
     assert record["config"]["counts"]["test"]["n_images"] == (df["split"] == "test").sum()
     assert "nodule_mass" in result.output and "n_patients" in result.output
+    assert result.output.rstrip().endswith(f"and {out.parent / 'nih.run.json'}")
 
 
 def test_datasets_lists_the_named_sets(runner):
@@ -138,7 +140,8 @@ def test_manifest_generic_with_column_map(runner, tmp_path):
                 "0.9",
             ],
             2,
-            "sum to less than 1",
+            "--val-fraction 0.1 and --test-fraction 0.9 must each be in [0, 1) and sum to less "
+            "than 1",
         ),
     ],
 )
@@ -194,6 +197,96 @@ def test_manifest_old_option_spellings_still_work_with_a_warning(runner, tmp_pat
             legacy.output
         )
     assert "deprecated" not in fresh.output
+
+
+# --- the dataset folder in the current directory; official splits without test images ----------
+
+
+def test_manifest_from_the_folder_holding_the_dataset(runner, tmp_path, monkeypatch):
+    """``--root chexpert`` run beside a folder called chexpert: the adapter's packaged map is
+    used, and the manifest equals one built from elsewhere with the absolute root."""
+    for name, adapter in ADAPTERS.items():  # fresh instances: no label map cached yet
+        monkeypatch.setitem(ADAPTERS, name, dataclasses.replace(adapter))
+    fx.write_chexpert(tmp_path / "chexpert")
+    monkeypatch.chdir(tmp_path)
+    args = ["manifest", "chexpert", "--split", "random"]
+    result = runner.invoke(main, [*args, "--root", "chexpert", "-o", "m.parquet"])
+    assert result.exit_code == 0, result.output
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    reference = runner.invoke(
+        main, [*args, "--root", str(tmp_path / "chexpert"), "-o", "m.parquet"]
+    )
+    assert reference.exit_code == 0, reference.output
+    assert manifest_hash(read_manifest(tmp_path / "m.parquet")) == manifest_hash(
+        read_manifest(elsewhere / "m.parquet")
+    )
+    monkeypatch.chdir(tmp_path)
+    listed = runner.invoke(main, ["datasets"])
+    assert listed.exit_code == 0 and "chexpert" in listed.output, listed.output
+
+
+def test_datasets_turns_a_library_error_into_one_line(runner, monkeypatch):
+    from cxrprobe.data import readers
+    from cxrprobe.data.adapters import Adapter
+
+    broken = Adapter("broken", "a test adapter", "no-such-map", readers.read_generic)
+    monkeypatch.setitem(ADAPTERS, "broken", broken)
+    result = runner.invoke(main, ["datasets"])
+    assert result.exit_code != 0 and isinstance(result.exception, SystemExit)
+    assert "Error: no packaged label map named 'no-such-map'" in result.output
+    assert "Traceback" not in result.output
+
+
+def _no_test_chexpert(root: Path) -> int:
+    fx.write_chexpert(root, valid=False)
+    return len(pd.read_csv(root / "train.csv"))
+
+
+def _no_test_vindr(root: Path) -> int:
+    fx.write_vindr(root, test=False)
+    return pd.read_csv(root / "vinbigdata-train.csv.gz")["image_id"].nunique()
+
+
+def _no_test_generic(root: Path) -> int:
+    rows = {"image_id": ["a", "b", "c", "d"], "patient_id": ["p1", "p2", "p3", "p4"],
+            "split": ["train", "train", "val", "train"], "cardiomegaly": [1, 0, 0, 1]}  # fmt: skip
+    pd.DataFrame(rows).to_csv(root / "labels.csv", index=False)
+    return len(rows["image_id"])
+
+
+@pytest.mark.parametrize(
+    "dataset, write, source",
+    [
+        ("chexpert", _no_test_chexpert, "valid.csv in the root"),
+        ("vindr", _no_test_vindr, "image_labels_test.csv in the root or its annotations/ folder"),
+        ("generic", _no_test_generic, "the CSV rows whose split column says test"),
+    ],
+)
+def test_official_split_without_test_images_is_refused_unless_asked_for(
+    runner, tmp_path, dataset, write, source
+):
+    n_images = write(tmp_path)
+    out = tmp_path / "m.parquet"
+    args = ["manifest", dataset, "--root", str(tmp_path), "-o", str(out)]
+    refused = runner.invoke(main, args)
+    assert refused.exit_code == 2 and not out.exists()
+    assert (
+        "Error: --split official: no image is in the official test split (they come from "
+        f"{source}); use --split random for a seeded patient-level split, or pass "
+        "--allow-empty-test to write a manifest without test images"
+    ) in refused.output
+    allowed = runner.invoke(main, [*args, "--allow-empty-test"])
+    assert allowed.exit_code == 0, allowed.output
+    assert (
+        "Warning: --split official: no image is in the official test split (they come from "
+        f"{source}); written without test images"
+    ) in allowed.output
+    df = read_manifest(out)
+    assert len(df) == n_images and set(df["split"]) == {"train", "val"}
+    record = json.loads((tmp_path / "m.run.json").read_text())["config"]
+    assert record["options"]["allow_empty_test"] is True
 
 
 # --- label policies: --blank, recorded with the manifest ------------------------------------------
@@ -301,13 +394,16 @@ def real_chexpert():
 def test_real_chexpert_blank_negative_defines_every_study_label(runner, tmp_path, real_chexpert):
     folder, raw = real_chexpert
     study = _build_chexpert(
-        runner, folder, tmp_path / "study.parquet", "--uncertain", "zero", "--blank", "negative"
-    )
+        runner, folder, tmp_path / "study.parquet", "--uncertain", "zero", "--blank", "negative",
+        "--allow-empty-test",  # the real folder holds train.csv only
+    )  # fmt: skip
     frontal = (raw["Frontal/Lateral"] == "Frontal") & raw["AP/PA"].isin(["AP", "PA"])
     assert len(study) == frontal.sum() == 191_010
     _check_study_labels(study, raw)  # 100 % of rows defined, each equal to raw == 1
     assert (study["no_finding"] == 0).sum() == (raw.loc[frontal, "No Finding"] != 1).sum() > 0
-    kept = _build_chexpert(runner, folder, tmp_path / "kept.parquet", "--uncertain", "zero")
+    kept = _build_chexpert(
+        runner, folder, tmp_path / "kept.parquet", "--uncertain", "zero", "--allow-empty-test"
+    )
     assert (kept["no_finding"] == 0).sum() == 0  # blanks masked: no negative at all
 
 

@@ -118,6 +118,45 @@ def test_evaluate_and_compare_records_never_overwrite_each_other(files, tmp_path
     assert records["e.json.run.json"]["command"] == "cxrprobe evaluate"
 
 
+def test_files_of_the_same_name_are_named_by_their_folders_or_by_the_names_given(tmp_path):
+    """Every probe writes predictions.json: the folders telling them apart name the models in
+    the verdict, the JSON and the markdown, unless --name-a / --name-b (--name) are given."""
+    targets, a, b = _pair(gap=3.0)
+    paths = []
+    for init, scores in (("imagenet", a), ("dinov2", b)):
+        (tmp_path / "run" / init / "probe").mkdir(parents=True)
+        paths.append(
+            _write(tmp_path / "run" / init / "probe" / "predictions.json", targets, scores)
+        )
+    common = [*paths, "-B", 100, "--device", "cpu"]
+
+    def compare(name, *extra):
+        out, md = tmp_path / f"{name}.json", tmp_path / f"{name}.md"
+        result = _run("compare", *common, *extra, "--out", out, "--markdown", md)
+        assert result.exit_code == 0, result.output
+        return result.stdout, json.loads(out.read_text()), md.read_text()
+
+    stdout, report, md = compare("folders")
+    assert report["names"] == {"a": "imagenet/probe", "b": "dinov2/probe"}
+    assert "B (dinov2/probe) is better than A (imagenet/probe)" in stdout
+    assert f"A (imagenet/probe) = {paths[0]}" in md and report["verdict"] in md
+    stdout, named, md = compare("named", "--name-a", "ImageNet init", "--name-b", "DINOv2 init")
+    assert named["names"] == {"a": "ImageNet init", "b": "DINOv2 init"}
+    assert named["verdict"].startswith("B (DINOv2 init) is better than A (ImageNet init)")
+    assert named["verdict"] in stdout
+    assert f"B (DINOv2 init) = {paths[1]}" in md
+    assert named["labels"] == report["labels"] and named["mean"] == report["mean"]
+    assert named["run"]["config"]["name_a"] == "ImageNet init"
+    md = tmp_path / "e.md"
+    result = _run(
+        "evaluate", paths[1], "-B", 40, "--device", "cpu", "--name", "DINOv2", "--markdown", md
+    )
+    assert result.exit_code == 0 and f"A (DINOv2) = {paths[1]}" in md.read_text()
+    both_x = _run("compare", *common, "--name-a", "x", "--name-b", "x")
+    _refusal(both_x, "--name-a and --name-b are both 'x'")
+    _refusal(_run("evaluate", paths[0], "--name", " "), "--name is empty")
+
+
 def test_same_seed_same_report_and_cluster_scheme(files, tmp_path):
     path_a, path_b, *_ = files
     reports = []

@@ -506,7 +506,7 @@ def test_non_utf8_table_names_file_and_line_and_encoding_option_reads_it(tmp_pat
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 1
     assert (
-        f"{latin / 'Data_Entry_2017_v2020.csv'}: line 5 (data row 3) is not valid utf-8 text"
+        f"{latin / 'Data_Entry_2017_v2020.csv'}: data row 4 (line 5) is not valid utf-8 text"
         in result.output
     )
     assert "--encoding" in result.output

@@ -7,6 +7,7 @@ import itertools
 import json
 import math
 import os
+import re
 
 import numpy as np
 import pandas as pd
@@ -190,8 +191,11 @@ def test_hash_tracks_content_and_row_order(manifest):
 def test_write_is_atomic_and_refuses_bad_content(manifest, tmp_path):
     path = write_manifest(manifest, tmp_path / "m.parquet")
     before = path.read_bytes()
-    bad = manifest.assign(image_id=["a", "a", "c", "d"])
-    with pytest.raises(DataFormatError, match=r"row 0, column image_id: 'a' appears 2 times"):
+    bad = manifest.assign(image_id=["a", "a", "c", "d"])  # the first two of the data rows
+    with pytest.raises(
+        DataFormatError,
+        match=r"m.parquet: data row 1, column image_id: 'a' appears 2 times \(data rows 1, 2\)",
+    ):
         write_manifest(bad, path)
     assert path.read_bytes() == before
     assert os.listdir(tmp_path) == ["m.parquet"]
@@ -200,22 +204,21 @@ def test_write_is_atomic_and_refuses_bad_content(manifest, tmp_path):
 @pytest.mark.parametrize(
     "column, value, message",
     [
-        ("cardiomegaly", 2.0, r"row 1, column cardiomegaly: value 2.0 is not 1, 0, -1"),
-        ("cardiomegaly", "yes", r"row 1, column cardiomegaly: value 'yes'"),
-        (
-            "view",
-            "PORTABLE",
-            r"row 1, column view: 'PORTABLE' is not one of PA, AP, LATERAL, OTHER",
-        ),
-        ("split", "dev", r"row 1, column split: 'dev' is not one of train, val, test"),
-        ("path", "", r"row 1, column path: empty"),
+        ("cardiomegaly", 2.0, r"column cardiomegaly: value 2.0 is not 1, 0, -1"),
+        ("cardiomegaly", "yes", r"column cardiomegaly: value 'yes'"),
+        ("view", "PORTABLE", r"column view: 'PORTABLE' is not one of PA, AP, LATERAL, OTHER"),
+        ("split", "dev", r"column split: 'dev' is not one of train, val, test"),
+        ("path", "", r"column path: empty"),
     ],
 )
 def test_bad_csv_names_file_row_and_column(manifest, tmp_path, column, value, message):
     manifest[column] = manifest[column].astype(object)
     manifest.loc[1, column] = value
     manifest.to_csv(tmp_path / "bad.csv", index=False)
-    with pytest.raises(DataFormatError, match="bad.csv: " + message):
+    lines = (tmp_path / "bad.csv").read_text().splitlines()
+    line = next(n for n, text in enumerate(lines, start=1) if text.startswith("b,"))  # image b
+    where = f"bad.csv: data row {line - 1} (line {line}), "
+    with pytest.raises(DataFormatError, match=re.escape(where) + message):
         read_manifest(tmp_path / "bad.csv")
 
 

@@ -141,3 +141,16 @@ def test_report_keeps_the_studys_own_record(runs):
     assert (run / "run.json").read_bytes() == before
     assert json.loads(before)["command"] == "cxrprobe study"
     assert json.loads((run / "report.run.json").read_text())["command"] == "cxrprobe report"
+
+
+def test_the_printed_compare_names_the_models_as_the_study(runs):
+    """The study names the models by their cells; its printed command passes the same names
+    (--name-a / --name-b), so the hand-run report has the same names and verdict."""
+    folder = runs / "study" / "syn" / "compare"
+    compared = [p for p in sorted(folder.glob("*_vs_*.json")) if not p.name.endswith(".run.json")]
+    assert compared
+    for path in compared:
+        study = json.loads(path.read_text())
+        single = json.loads((runs / "single" / "syn" / "compare" / path.name).read_text())
+        assert study["names"] == {key: study["cells"][key] for key in ("a", "b")}
+        assert single["names"] == study["names"] and single["verdict"] == study["verdict"]

@@ -3,12 +3,15 @@ pairing two files."""
 
 from __future__ import annotations
 
+import doctest
 import json
+import re
 
 import numpy as np
 import pytest
 
 from cxrprobe.errors import DataFormatError, InputFileError
+from cxrprobe.stats import messages, pairing
 from cxrprobe.stats.pairing import pair_predictions
 from cxrprobe.stats.predictions import (
     FORMAT_NAME,
@@ -109,9 +112,20 @@ BAD_CASES = {
     "missing field": (dict(scores=KeyError), "missing field(s) scores"),
     "duplicate id": (dict(ids=["a", "b", "a", "c", "d", "e"]), "id 'a' appears twice"),
     "duplicate label": (dict(labels=["x", "x"]), "label 'x' appears twice"),
-    "bad target": (dict(targets=[[0.5, 1]] + [[0, 1]] * 5), "targets must be 1, 0 or null"),
-    "nan score": (dict(scores=SCORES_WITH_NAN), "score of id 'img5' (row 5), label 'effusion'"),
-    "score above 1": (dict(scores=[[1.5, 0.2]] * 6), "must be a probability in [0, 1]"),
+    "bad target": (
+        dict(targets=[[0, 1]] * 3 + [[0, 2]] + [[0, 1]] * 2),
+        "target of id 'img3' (row 3), label 'mass' is 2; targets must be 1, 0 or null",
+    ),
+    "half target": (dict(targets=[[0.5, 1]] + [[0, 1]] * 5), "label 'effusion' is 0.5; targets"),
+    "nan score": (
+        dict(scores=SCORES_WITH_NAN),
+        "score of id 'img5' (row 5), label 'effusion' is NaN; every score must be a probability",
+    ),
+    "null score": (  # the file holds null, and the message says so
+        dict(scores=[[0.1, 0.2]] * 5 + [[0.3, None]]),
+        "score of id 'img5' (row 5), label 'mass' is null; every score must be a probability",
+    ),
+    "score above 1": (dict(scores=[[1.5, 0.2]] * 6), "is 1.5; every score must be a probability"),
     "shape": (dict(scores=[[0.1, 0.2, 0.3]] * 6), "'scores' has shape (6, 3)"),
     "ragged": (dict(targets=[[0, 1], [1]] * 3), "'targets' is not a table of numbers"),
     "text in table": (dict(scores=[["a", 0.2]] * 6), "'scores' is not a table of numbers"),
@@ -140,7 +154,7 @@ def test_bad_files_are_refused_naming_file_and_problem(tmp_path, case):
     with pytest.raises(DataFormatError) as info:
         read_predictions(path)
     assert str(path) in str(info.value) and message in str(info.value)
-    assert "\n" not in str(info.value)
+    assert "\n" not in str(info.value) and "np." not in str(info.value)
 
 
 def test_not_json_missing_file_and_bad_npz(tmp_path):
@@ -241,3 +255,15 @@ def test_pairing_carries_both_files_subgroups_and_refuses_disagreement():
     other = validate_predictions(_pred(subgroups={"sex": ["F", "M", None, "F", "F", "F"]}))
     with pytest.raises(DataFormatError, match="id 'img4' different values of subgroup field 'sex'"):
         pair_predictions(a, other)
+    older = list(SUBGROUPS["age"])
+    older[3] += 1.5
+    c = validate_predictions(_pred(subgroups={"age": older, "sex": SUBGROUPS["sex"]}))
+    message = "id 'img3' different values of subgroup field 'age' (58 vs 59.5)"  # no numpy repr
+    with pytest.raises(DataFormatError, match=re.escape(message)):
+        pair_predictions(b, c)
+
+
+@pytest.mark.parametrize("module", [messages, pairing])
+def test_docstring_examples(module):
+    result = doctest.testmod(module)
+    assert result.attempted > 0 and result.failed == 0

@@ -109,12 +109,20 @@ BAD_TABLES = {
     "duplicate": (GOOD + "a,x,1,0.5\n", "data rows 1 and 5 both give image 'a', finding 'x'"),
     "missing pair": (GOOD.rsplit("b,y", 1)[0], "image 'b' has no row for finding 'y'"),
     "empty score": (GOOD.replace("0.4", ""), "'score' is empty in data row 3"),
-    "text score": (GOOD.replace("0.4", "high"), "not a readable CSV predictions table"),
+    "text score": (GOOD.replace("0.4", "high"), "'score' is 'high' in data row 3, not a number"),
+    "text target": (GOOD.replace("b,y,1", "b,y,yes"), "'target' is 'yes' in data row 4, not a"),
     "empty id": (GOOD.replace("b,x", ",x"), "'image_id' is empty in data row 3"),
-    "bad target": (GOOD.replace("0,0.2", "2,0.2"), "targets must be 1, 0 or null"),
+    "bad target": (  # the data row (4), not the image's index (1)
+        GOOD.replace("b,y,1", "b,y,2"),
+        "'target' is 2 in data row 4 (image 'b', finding 'y'); a target must be 1, 0 or empty",
+    ),
     "per-image column": (
         "image_id,finding,target,score,sex\na,x,1,0.9,F\na,y,0,0.2,M\n",
         "image 'a' has sex 'F' in data row 1 but 'M' in data row 2",
+    ),
+    "per-image number": (
+        "image_id,finding,target,score,age\na,x,1,0.9,40\na,y,0,0.2,41.5\n",
+        "image 'a' has age 40 in data row 1 but 41.5 in data row 2",
     ),
     "patient missing": (
         "image_id,patient_id,finding,target,score\na,p1,x,1,0.9\nb,,x,0,0.2\n",
@@ -125,8 +133,12 @@ BAD_TABLES = {
         "'score_kind' must hold one value",
     ),
     "probability out of range": (
-        "image_id,finding,target,score,score_kind\na,x,1,1.5,probability\n",
-        "must be a probability",
+        "image_id,finding,target,score,score_kind\na,x,1,0.5,probability\nb,x,0,1.5,probability\n",
+        "'score' is 1.5 in data row 2 (image 'b', finding 'x'); every score must be a probability",
+    ),
+    "infinite logit": (
+        "image_id,finding,target,score,score_kind\na,x,1,0.5,logit\nb,x,0,-inf,logit\n",
+        "'score' is -inf in data row 2 (image 'b', finding 'x'); every score must be finite",
     ),
 }
 
@@ -138,7 +150,20 @@ def test_bad_tables_are_refused_naming_file_row_and_column(tmp_path, case):
     with pytest.raises(DataFormatError) as info:
         read_predictions(path)
     assert str(path) in str(info.value) and message in str(info.value)
-    assert "\n" not in str(info.value)
+    assert "\n" not in str(info.value) and "np." not in str(info.value)
+
+
+def test_a_bad_cell_is_found_in_any_row_of_a_long_table(tmp_path):
+    """The first non-number is named wherever it lies (here found by a direct scan)."""
+    rng = np.random.default_rng(0)
+    scores = rng.random(5000).round(3).astype(str)
+    scores[[3217, 4000]] = ["0.5.1", "n/a?"]
+    lines = [f"i{k // 2},{'xy'[k % 2]},{k % 3 % 2},{s}" for k, s in enumerate(scores)]
+    path = _csv(tmp_path, "image_id,finding,target,score\n" + "\n".join(lines) + "\n")
+    first = next(k for k, s in enumerate(scores) if not s.replace(".", "", 1).isdigit())
+    with pytest.raises(DataFormatError) as info:
+        read_predictions(path)
+    assert f"'score' is '0.5.1' in data row {first + 1}, not a number" in str(info.value)
 
 
 def test_a_csv_made_by_hand_compares_with_our_json(tmp_path):

@@ -169,6 +169,26 @@ def test_split_csv_and_validation_fraction(store, tmp_path):
     assert read_predictions(out).ids[0] == "img0299"
 
 
+def test_validation_fraction_refuses_to_leave_the_stores_val_rows_unused(store, tmp_path):
+    out = tmp_path / "p.json"
+    common = ("--store", store, "--out", out, "--grid", "0.1,1", "--val-fraction", "0.2")
+    refused = invoke(*common)
+    assert refused.exit_code == 2 and not out.exists()
+    message = refused.output.strip().splitlines()[-1]
+    assert "'val' (70 rows)" in message and "--val-split none" in message
+    # the two ways on it says: leave the val rows out, or train on them; the fraction is then
+    # carved from exactly the training rows named (250 train rows; 250 + 70 with val)
+    for extra, training_rows in (
+        (("--val-split", "none"), 250),
+        (("--train-split", "train,val"), 320),
+    ):
+        result = invoke(*common, *extra)
+        assert result.exit_code == 0, result.output
+        splits = json.loads((tmp_path / "p.summary.json").read_text())["splits"]
+        assert splits["train"]["rows"] + splits["val"]["rows"] == training_rows
+        assert 0.15 < splits["val"]["rows"] / training_rows < 0.25
+
+
 def test_missing_store(tmp_path):
     result = invoke("--store", tmp_path / "nope.zarr", "--out", tmp_path / "p.json")
     assert (

@@ -76,9 +76,7 @@ def test_official_split_keeps_an_existing_val_and_reports_gaps():
     ]
     with pytest.raises(ConfigError, match=r"no official split \(see here\)"):
         official_split(pd.Series([None, None, None]), patients, 0.1, 0, hint="see here")
-    with pytest.raises(
-        DataFormatError, match="1 of 3 rows have no official split .*row 1, patient 'b'"
-    ):
+    with pytest.raises(DataFormatError, match="1 of 3 images have no official split.*patient 'b'"):
         official_split(pd.Series(["train", None, "test"]), patients, 0.1, 0)
 
 

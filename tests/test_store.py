@@ -91,7 +91,7 @@ def test_mismatched_identity_or_rows_refused(tmp_path):
         )
     other = _meta(10)
     other.ids[3] = "zzz"
-    with pytest.raises(StoreMismatchError, match="row 3: ids"):
+    with pytest.raises(StoreMismatchError, match="store vs manifest, row 3: ids 'img3' vs 'zzz'"):
         RowStore.open_or_create(
             tmp_path / "s.zarr",
             kind="test",

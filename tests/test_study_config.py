@@ -255,6 +255,7 @@ init = "random"
 def test_old_keys_still_work_with_a_deprecation_warning(tmp_path):
     path = tmp_path / "old.toml"
     path.write_text(OLD)
+    (tmp_path / "data").mkdir()  # the dataset root: the dry run checks that it exists
     with pytest.warns(DeprecationWarning) as caught:
         config = load_study(path, main.commands)
     assert len(caught) == 8

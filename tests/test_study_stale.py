@@ -327,3 +327,20 @@ def test_a_copied_study_folder_is_done_and_reports_the_same(tmp_path):
     assert CliRunner().invoke(main, ["report", str(copy / "run")]).exit_code == 0
     stale = json.loads((copy / "run" / "report.json").read_text())["stale"]
     assert [(r["a"], r["b"]) for r in stale] == [("b16/probe", "p14/probe")]
+
+
+def test_settings_older_records_implied_are_no_change(tmp_path):
+    """A version-2 compare record has no name_a/name_b (the names came from its cells): not a
+    change; any other missing or changed setting still is."""
+    from cxrprobe.workflow.state import changed_settings
+
+    out = tmp_path / "c.json"
+    settings = {"file_a": tmp_path / "a.json", "name_a": "p14/probe", "name_b": "b16/probe"}
+    step = Step("syn/compare/x", "compare", out, settings, [], {}, lambda p, q: {})
+    old = {"file_a": str(tmp_path / "a.json")}
+    record = {"version": 2, "output": str(out), "settings": old}
+    assert changed_settings(step, record) == []
+    assert changed_settings(step, {**record, "version": 3}) == ["name_a", "name_b"]
+    other = Step("syn/p14/probe", "probe", out, settings, [], {}, lambda p, q: {})
+    assert changed_settings(other, record) == ["name_a", "name_b"]
+    assert changed_settings(step, {**record, "settings": {**old, "seed": 1}}) == ["seed"]

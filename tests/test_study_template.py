@@ -67,9 +67,14 @@ def test_template_parses_and_dry_run_prints_every_step(tmp_path):
     assert raw["finetune"]["recipe"] == "study" and raw["preprocess"]["preset"] == "study"
     (tmp_path / "study.toml").write_text(text)
     result = CliRunner().invoke(main, ["study", str(tmp_path / "study.toml"), "--dry-run"])
-    assert result.exit_code == 0, result.output
+    # The plan is printed, then every placeholder path to fill in, one line each (exit 2).
+    assert result.exit_code == 2, result.output
     keys = re.findall(r"^\[[^]]+\] (\S+)$", result.output, flags=re.M)
     assert keys == _expected_steps()
+    placeholders = {d["root"] for d in raw["datasets"]} | {i["weights"] for i in raw["inits"][:2]}
+    placeholders.add(str(tmp_path / raw["datasets"][-1]["options"]["column_map"]))
+    named = re.findall(r"^  - step .* = '([^']+)': (?:file|folder) not found", result.output, re.M)
+    assert sorted(named) == sorted(placeholders)
     lines = re.findall(r"^    (cxrprobe .*)$", result.output, flags=re.M)
     commands = dict(zip(keys, lines, strict=True))
     mimic_run = tmp_path / "study_run" / "mimic" / "imagenet" / "finetune"

@@ -112,7 +112,7 @@ class RowMetadata:
             bad = np.flatnonzero(mine != theirs)
             if bad.size:
                 row = int(bad[0])
-                return f"row {row}: {name} {mine[row]!r} vs {theirs[row]!r}"
+                return f"row {row}: {name} {str(mine[row])!r} vs {str(theirs[row])!r}"
         same = (self.labels == other.labels) | (np.isnan(self.labels) & np.isnan(other.labels))
         bad_rows = np.flatnonzero(~same.all(axis=1))
         if bad_rows.size:

@@ -231,8 +231,9 @@ class RowStore(StoreReader):
         diff = self.metadata().first_difference(metadata.head(self.n_rows))
         if diff is not None:
             raise StoreMismatchError(
-                f"{self.path} was built from a different manifest ({diff}); only appending rows at "
-                "the end is supported: use another output path or --overwrite"
+                f"{self.path} was built from a different manifest (store vs manifest, {diff}); "
+                "only appending rows at the end is supported: use another output path or "
+                "--overwrite"
             )
 
     @_writes

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +44,12 @@ def datasets(as_json: bool, markdown: bool) -> None:
 
         cxrprobe datasets --json
     """
+    with library_errors():
+        _print_datasets(as_json, markdown)
+
+
+def _print_datasets(as_json: bool, markdown: bool) -> None:
+    """What ``cxrprobe datasets`` prints (loading the packaged label maps)."""
     from cxrprobe.data.adapters import ADAPTERS, datasets_markdown
     from cxrprobe.data.finding_sets import finding_sets
     from cxrprobe.data.findings import FINDINGS
@@ -163,6 +172,12 @@ def _summary_table(summary: Any) -> str:
 )
 @allow_leakage_option("<stem>.run.json")
 @click.option(
+    "--allow-empty-test",
+    is_flag=True,
+    help="With --split official, write the manifest even when no image is in the official test "
+    "split (refused by default: probe and compare need test images).",
+)
+@click.option(
     "--labels-csv",
     type=click.Path(path_type=Path),
     help="Main label table, if not at its default name (relative to the root or absolute).",
@@ -200,13 +215,35 @@ def manifest(dataset: str, root: Path, out: Path, **options: Any) -> None:
     from cxrprobe.data.adapters import build_manifest
     from cxrprobe.data.manifest import prevalence, run_record_path
 
-    with library_errors(), progress(2, f"manifest {dataset}", unit="step") as bar:
+    with library_errors(), _warnings(), progress(2, f"manifest {dataset}", unit="step") as bar:
         df, _, _ = build_manifest(dataset, root, out, options, bar.update)
     click.echo(_summary_table(prevalence(df)))
     click.echo(
         f"wrote {out} ({len(df)} images, {df['patient_id'].nunique()} patients) and "
-        f"{run_record_path(out).name}"
+        f"{run_record_path(out)}"
     )
+
+
+class _WarningLines(logging.Handler):
+    """The library's warnings as ``Warning: ...`` lines on stderr, like the command's own."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        click.echo(f"Warning: {record.getMessage()}", err=True)
+
+
+@contextlib.contextmanager
+def _warnings() -> Iterator[None]:
+    """Show the library's warnings as ``Warning:`` lines, unless -v already shows its log."""
+    logger = logging.getLogger("cxrprobe")
+    if logger.handlers:
+        yield
+        return
+    handler = _WarningLines(logging.WARNING)
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
 
 
 COMMANDS = [datasets, manifest]

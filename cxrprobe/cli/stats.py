@@ -148,6 +148,13 @@ def _show(report: dict, written: list) -> None:
 )
 @click.option("--validation-b", type=_FILE, default=None, help="B's validation predictions.")
 @click.option("--plot", type=_FILE, default=None, help="Write a forest plot (png, pdf, svg).")
+@click.option(
+    "--name-a",
+    default=None,
+    help="A's name in the verdict, reports and plots [default: its file name, or the folders "
+    "telling the two files apart when both have the same name].",
+)
+@click.option("--name-b", default=None, help="B's name (see --name-a).")
 def compare(file_a: Path, file_b: Path, **kw) -> None:
     """Compare model A (FILE_A) with model B (FILE_B) on the same images: paired bootstrap and
     DeLong; every difference is B - A.
@@ -166,6 +173,7 @@ def compare(file_a: Path, file_b: Path, **kw) -> None:
     \b
         cxrprobe compare imagenet.json dinov2.json --by sex --out cmp.json --plot cmp.png --markdown cmp.md
         cxrprobe compare imagenet.json dinov2.json --findings study-chexpert --out cmp_chexpert.json
+        cxrprobe compare imagenet/probe/predictions.json dinov2/probe/predictions.json --name-a imagenet --name-b dinov2
     """
     from cxrprobe.stats.outputs import run_compare
 
@@ -174,6 +182,8 @@ def compare(file_a: Path, file_b: Path, **kw) -> None:
             file_a,
             file_b,
             _options(kw),
+            name_a=kw["name_a"],
+            name_b=kw["name_b"],
             align=kw["align"],
             validation_a=kw["validation_a"],
             validation_b=kw["validation_b"],
@@ -192,6 +202,9 @@ def compare(file_a: Path, file_b: Path, **kw) -> None:
     default=None,
     help="Validation predictions: Youden thresholds are chosen on them.",
 )
+@click.option(
+    "--name", default=None, help="The model's name in reports and plots [default: its file name]."
+)
 def evaluate(file: Path, **kw) -> None:
     """One model's table: AUROC per label and mean with bootstrap CIs, sensitivity,
     specificity, accuracy and F1 at a Youden threshold chosen once, Brier score and ECE, and
@@ -200,7 +213,7 @@ def evaluate(file: Path, **kw) -> None:
 
     Example:
 
-        cxrprobe evaluate dinov2.json --validation dinov2_val.json --by age:0,40,60,80 --out eval.json --markdown eval.md
+        cxrprobe evaluate dinov2.json --validation dinov2_val.json --by age:0,40,60,80 --out eval.json --markdown eval.md --name dinov2
     """
     from cxrprobe.stats.outputs import run_evaluate
 
@@ -208,6 +221,7 @@ def evaluate(file: Path, **kw) -> None:
         report, written = run_evaluate(
             file,
             _options(kw),
+            name=kw["name"],
             validation=kw["validation"],
             **_shared(kw),
         )

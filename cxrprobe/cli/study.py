@@ -21,12 +21,9 @@ def _step_echo(step: Any, status: str, why: str = "") -> None:
         click.echo(f"  > {step.key}")
 
 
-def _echo_states(states: list[Any], out: Path) -> None:
-    """``--dry-run``: every step with its state, why, and its command; refused steps fail it."""
+def _echo_states(states: list[Any]) -> None:
+    """``--dry-run``: every step with its state, why, and its command."""
     from collections import Counter
-
-    from cxrprobe.workflow.plan import Paths
-    from cxrprobe.workflow.state import REFUSED, changed_settings, read_record, refusal
 
     for state in states:
         click.echo(f"[{state.state}] {state.step.key}")
@@ -35,6 +32,13 @@ def _echo_states(states: list[Any], out: Path) -> None:
         click.echo(f"    {state.step.command}")
     counts = Counter(state.state for state in states)
     click.echo(f"{len(states)} steps: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
+
+
+def _refuse_changed(states: list[Any], out: Path) -> None:
+    """``--dry-run`` fails when a run would refuse steps whose settings changed."""
+    from cxrprobe.workflow.plan import Paths
+    from cxrprobe.workflow.state import REFUSED, changed_settings, read_record, refusal
+
     refused = [s.step for s in states if s.state == REFUSED]
     if refused:
         paths = Paths(out)
@@ -213,9 +217,13 @@ def study(config: Path | None, dry_run: bool, template: str | None) -> None:
     inputs changed since it ran (an upstream step was redone, a file replaced) is redone, and so
     is every step after it that reads its output; a step whose settings changed is refused.
 
+    Before any step runs (and with --dry-run) every file and folder a step would read that no
+    earlier step writes must exist, and option combinations the commands refuse are refused:
+    every such problem is listed at once, naming the step and the config key (exit 2).
+
     --dry-run prints each step's state and equivalent single command, e.g. to spread steps over
-    GPUs or run `torchrun` yourself. --template paper prints the whole study as a config: edit
-    its roots and weights, then run it.
+    GPUs or run `torchrun` yourself, then those problems. --template paper prints the whole study
+    as a config: edit its roots and weights, then run it.
 
     Example:
 
@@ -234,8 +242,9 @@ def study(config: Path | None, dry_run: bool, template: str | None) -> None:
         raise click.UsageError("give a study CONFIG.toml, or --template paper to print one")
     from cxrprobe.workflow.config import load_study
     from cxrprobe.workflow.plan import build_plan
+    from cxrprobe.workflow.preflight import check_plan
     from cxrprobe.workflow.report import write_study_report
-    from cxrprobe.workflow.state import plan_states, run_plan
+    from cxrprobe.workflow.state import DONE, plan_states, run_plan
 
     commands = stage_commands()
     with library_errors():
@@ -245,8 +254,12 @@ def study(config: Path | None, dry_run: bool, template: str | None) -> None:
         for warning in caught:
             click.echo(f"Warning: {warning.message}", err=True)
         steps = build_plan(cfg, commands)
+        states = plan_states(steps, cfg.out)
         if dry_run:
-            _echo_states(plan_states(steps, cfg.out), cfg.out)
+            _echo_states(states)
+        check_plan(steps, commands, str(config), {s.step.key for s in states if s.state == DONE})
+        if dry_run:
+            _refuse_changed(states, cfg.out)
             return
         cfg.out.mkdir(parents=True, exist_ok=True)
         record(cfg.out, "study", {"config_file": config.resolve(), **cfg.to_dict()})

@@ -25,9 +25,9 @@ import pandas as pd
 from cxrprobe.data import readers
 from cxrprobe.data.finding_sets import finding_sets, select_findings
 from cxrprobe.data.findings import DERIVED, FINDINGS
-from cxrprobe.data.labelmap import LabelMap, load_label_map
+from cxrprobe.data.labelmap import LabelMap, packaged_label_map
 from cxrprobe.data.manifest import validate_manifest
-from cxrprobe.data.policies import LABEL_POLICIES_DOC, Policies, apply_policies
+from cxrprobe.data.policies import LABEL_POLICIES_DOC, SPLITS_DOC, Policies, apply_policies
 from cxrprobe.errors import ConfigError, InputFileError
 
 # Options only some adapters read (each adapter lists its own in ``Adapter.options``).
@@ -39,7 +39,8 @@ class Adapter:
     """A dataset: its name, a one-line description, its packaged label map and its reader.
 
     ``read(root, label_map, **options)`` returns the unpoliced manifest; ``official_split`` says
-    where the dataset keeps its official split (shown when it is missing).
+    where the dataset keeps its official split and ``official_test`` where its official test
+    images come from (both shown when they are missing).
     """
 
     name: str
@@ -47,11 +48,13 @@ class Adapter:
     label_map_name: str
     read: Callable[..., pd.DataFrame]
     official_split: str = ""
+    official_test: str = ""
 
     @cached_property
     def label_map(self) -> LabelMap:
-        """The packaged label map (``label_maps/<label_map_name>.json``)."""
-        return load_label_map(self.label_map_name)
+        """The packaged label map (``label_maps/<label_map_name>.json``), never a path: a file
+        or folder named like the adapter in the current directory does not hide it."""
+        return packaged_label_map(self.label_map_name)
 
     @property
     def findings(self) -> list[str]:
@@ -81,7 +84,7 @@ class Adapter:
         raw = self.read(root, self.label_map, **reader_options)
         validate_manifest(raw, f"{self.name} tables in {root}")
         raw = select_findings(raw, findings, f"dataset {self.name} (tables in {root})")
-        return apply_policies(raw, policies, root, self.official_split)
+        return apply_policies(raw, policies, root, self.official_split, self.official_test)
 
 
 ADAPTERS: dict[str, Adapter] = {
@@ -93,6 +96,7 @@ ADAPTERS: dict[str, Adapter] = {
             "chestxray14",
             readers.read_chestxray14,
             "test_list.txt and train_val_list.txt beside the label table",
+            "the images test_list.txt lists",
         ),
         Adapter(
             "chexpert",
@@ -100,6 +104,7 @@ ADAPTERS: dict[str, Adapter] = {
             "chexpert",
             readers.read_chexpert,
             "train.csv is train, valid.csv is test",
+            "valid.csv in the root",
         ),
         Adapter(
             "mimic",
@@ -107,6 +112,7 @@ ADAPTERS: dict[str, Adapter] = {
             "mimic",
             readers.read_mimic,
             "mimic-cxr-2.0.0-split.csv.gz",
+            "the rows of mimic-cxr-2.0.0-split.csv.gz whose split is test",
         ),
         Adapter(
             "vindr",
@@ -114,6 +120,7 @@ ADAPTERS: dict[str, Adapter] = {
             "vindr",
             readers.read_vindr,
             "training tables are train, image_labels_test.csv is test",
+            "image_labels_test.csv in the root or its annotations/ folder",
         ),
         Adapter(
             "padchest",
@@ -128,6 +135,7 @@ ADAPTERS: dict[str, Adapter] = {
             "generic",
             readers.read_generic,
             "a 'split' column in the CSV",
+            "the CSV rows whose split column says test",
         ),
     )
 }
@@ -207,8 +215,10 @@ def datasets_markdown() -> str:
         "",
         "Each cell names the dataset's own label(s) mapped to the canonical finding (several names",
         "combine by a maximum under 1 > -1 > 0 > missing). The maps are the JSON files in",
-        "`cxrprobe/data/label_maps/`; the `generic` adapter takes its names from a column map. A",
-        "derived finding's cell names the labels of its parts.",
+        "`cxrprobe/data/label_maps/`, which each adapter always loads from the package (a file or",
+        "folder named like the adapter in the current directory is never taken for its map); the",
+        "`generic` adapter takes its names from a column map. A derived finding's cell names the",
+        "labels of its parts.",
         "",
         "| finding | id | " + " | ".join(table.columns) + " |",
         "|---|---|" + "---|" * len(table.columns),
@@ -231,12 +241,14 @@ def datasets_markdown() -> str:
         )
     lines += [""] + [f"- `{fs.name}`: {fs.notes}" for fs in finding_sets().values()]
     lines += ["", "## Label policies", "", LABEL_POLICIES_DOC.strip()]
+    lines += ["", "## Splits and row numbers", "", SPLITS_DOC.strip()]
     lines += ["", "## Adapters", ""]
     for adapter in ADAPTERS.values():
         options = ", ".join(f"`{o}`" for o in adapter.options)
+        test = f" Official test images: {adapter.official_test}." if adapter.official_test else ""
         lines.append(
             f"- `{adapter.name}`: {adapter.description}. Official split: "
-            f"{adapter.official_split}. Options: {options}."
+            f"{adapter.official_split}.{test} Options: {options}."
         )
     return "\n".join(lines) + "\n" + _GENERIC_DOC
 

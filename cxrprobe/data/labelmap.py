@@ -38,7 +38,7 @@ import numpy as np
 import pandas as pd
 
 from cxrprobe.data.findings import DERIVED, FINDING_IDS, FINDINGS, in_vocabulary_order, with_derived
-from cxrprobe.data.manifest import SPLITS, VIEWS
+from cxrprobe.data.manifest import SPLITS, VIEWS, data_row
 from cxrprobe.errors import ConfigError, DataFormatError, InputFileError
 
 log = logging.getLogger(__name__)
@@ -161,18 +161,34 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
+def packaged_label_map(name: str) -> LabelMap:
+    """The label map shipped as ``label_maps/NAME.json`` (what an adapter always uses: a file or
+    folder called NAME in the current directory is never consulted)."""
+    folder = resources.files("cxrprobe.data").joinpath("label_maps")
+    packaged = folder.joinpath(f"{name}.json")
+    if Path(name).name != name or not packaged.is_file():  # a path is never a packaged name
+        known = sorted(
+            p.name.removesuffix(".json") for p in folder.iterdir() if p.name.endswith(".json")
+        )
+        raise ConfigError(
+            f"no packaged label map named {name!r} (known: {', '.join(known)}); a label map of "
+            "your own is a JSON file"
+        )
+    return _parse(packaged.read_text(encoding="utf-8"), f"label_maps/{name}.json")
+
+
 def load_label_map(name_or_path: str | Path) -> LabelMap:
-    """A packaged label map by adapter name (``label_maps/NAME.json``) or a JSON file path."""
+    """A label map from a file (a ``.json`` path, or any existing file) or else the packaged map
+    of that name; a folder is never a label map."""
     path = Path(name_or_path)
-    if path.suffix == ".json" or path.exists():
-        if not path.is_file():
-            raise InputFileError(f"label map {path} not found")
-        text, source = path.read_text(encoding="utf-8"), str(path)
-    else:
-        packaged = resources.files("cxrprobe.data").joinpath("label_maps", f"{name_or_path}.json")
-        if not packaged.is_file():
-            raise ConfigError(f"no packaged label map named {name_or_path!r}")
-        text, source = packaged.read_text(encoding="utf-8"), f"label_maps/{name_or_path}.json"
+    if path.is_file():
+        return _parse(path.read_text(encoding="utf-8"), str(path))
+    if path.suffix == ".json":
+        raise InputFileError(f"label map {path} is not a file; check the path of the JSON file")
+    return packaged_label_map(str(name_or_path))
+
+
+def _parse(text: str, source: str) -> LabelMap:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -199,7 +215,7 @@ def labels_from_lists(
     source: str,
     vocabulary: Iterable[str] | None = None,
 ) -> pd.DataFrame:
-    """Finding columns from one list of positive label names per row.
+    """Finding columns from one list of positive label names per data row of the CSV ``source``.
 
     Each row's findings are 1 if any listed name maps to them, else 0; a row whose entry is not a
     list (NaN) is not annotated (all NaN). ``vocabulary`` names the source labels the table
@@ -210,12 +226,14 @@ def labels_from_lists(
     out = np.zeros((len(lists), len(findings)), dtype=np.float32)
     annotated = lists.map(lambda v: isinstance(v, (list, tuple))).to_numpy(dtype=bool)
     out[~annotated] = np.nan
+    rows_of = np.flatnonzero(annotated)
     exploded = lists[annotated].reset_index(drop=True).explode()
     exploded = exploded[exploded.notna()]
     keys = exploded.map(key)
-    _check_unmapped(exploded, keys, label_map, source, rows=np.flatnonzero(annotated))
+    check_label_names(
+        pd.Series(exploded.to_numpy(), index=rows_of[exploded.index]), label_map, source
+    )
     column = {f: j for j, f in enumerate(findings)}
-    rows_of = np.flatnonzero(annotated)
     pairs = [
         (rows_of[i], column[t])
         for i, name in zip(keys.index, keys, strict=True)
@@ -253,15 +271,16 @@ def add_derived(labels: pd.DataFrame) -> pd.DataFrame:
     return out[in_vocabulary_order(out.columns)]
 
 
-def _check_unmapped(
-    names: pd.Series, keys: pd.Series, label_map: LabelMap, source: str, rows: np.ndarray
-) -> None:
-    unknown = names[~keys.isin(label_map.labels.keys())]
+def check_label_names(names: pd.Series, label_map: LabelMap, source: str) -> None:
+    """Names the map does not know: a DataFormatError naming the first one's data row when the
+    map's ``unmapped`` is ``"error"``, else an info line counting them. ``names`` is indexed by
+    each name's 0-based data row in the CSV ``source``."""
+    unknown = names[~names.map(key).isin(label_map.labels.keys())]
     if unknown.empty:
         return
     if label_map.unmapped == "error":
         raise DataFormatError(
-            f"{source}: row {rows[unknown.index[0]]}: label {unknown.iloc[0]!r} is not in "
+            f"{source}: {data_row(unknown.index[0])}: label {unknown.iloc[0]!r} is not in "
             f"{label_map.source}; add it there, mapped to a canonical finding id"
         )
     log.info(
@@ -278,7 +297,8 @@ def labels_from_columns(
     source: str,
     values: Mapping[str, float] | None = None,
 ) -> pd.DataFrame:
-    """Finding columns from a wide table with one column per source label (1/0/-1/blank).
+    """Finding columns from a wide table with one column per source label (1/0/-1/blank), as
+    read from the CSV ``source`` (errors name the data row and its line).
 
     Columns match the map case-insensitively; several columns mapped to one finding merge by
     ``merge_labels``. ``values`` recodes strings (e.g. ``{"yes": 1, "no": 0}``) before checking,
@@ -314,7 +334,7 @@ def _rule(label_map: LabelMap, column: str, values: Mapping[str, float] | None) 
 
 def _label_values(column: pd.Series, source: str, rule: ColumnRule) -> np.ndarray:
     """One column's labels as float32: recoded by the rule's codes, thresholded if it has one."""
-    where = f"{source}: row {{row}}, column {column.name!r}: value {{value!r}}"
+    where = f"{source}: {{row}}, column {column.name!r}: value {{value!r}}"
     if not pd.api.types.is_numeric_dtype(column):
         codes = {key(k): v for k, v in (rule.values or {}).items()}
         column = column.map(
@@ -326,7 +346,7 @@ def _label_values(column: pd.Series, source: str, rule: ColumnRule) -> np.ndarra
         bad = np.flatnonzero(unparsed | ((numbers < 0) & (numbers != -1)))
         if bad.size:
             raise DataFormatError(
-                where.format(row=bad[0], value=_plain(column.iloc[bad[0]]))
+                where.format(row=data_row(bad[0]), value=_plain(column.iloc[bad[0]]))
                 + f" is not a grade (a number >= 0, -1 for uncertain) or blank; this column is "
                 f"thresholded at {rule.threshold} (recode text grades with the column's 'values')"
             )
@@ -335,7 +355,7 @@ def _label_values(column: pd.Series, source: str, rule: ColumnRule) -> np.ndarra
     bad = np.flatnonzero(unparsed | ~(np.isnan(numbers) | np.isin(numbers, (1.0, 0.0, -1.0))))
     if bad.size:
         raise DataFormatError(
-            where.format(row=bad[0], value=_plain(column.iloc[bad[0]]))
+            where.format(row=data_row(bad[0]), value=_plain(column.iloc[bad[0]]))
             + " is not 1, 0, -1 or blank (recode it with a 'values' map, or give the column a "
             "'threshold' if it holds grades)"
         )
@@ -394,7 +414,8 @@ def map_views(raw: pd.Series, label_map: LabelMap) -> pd.Series:
 
 
 def map_splits(raw: pd.Series, label_map: LabelMap, source: str) -> pd.Series:
-    """Raw split names → train/val/test (missing stays None); unknown names raise DataFormatError."""
+    """Raw split names → train/val/test (missing stays None); an unknown name raises
+    DataFormatError naming its data row in the CSV ``source`` (``raw`` holds its rows in order)."""
     table = _SPLIT_SYNONYMS | dict(label_map.splits)
     mapped = _map_distinct(
         raw, lambda v: None if v is None or not str(v).strip() else table.get(key(v), "?")
@@ -402,8 +423,8 @@ def map_splits(raw: pd.Series, label_map: LabelMap, source: str) -> pd.Series:
     bad = np.flatnonzero((mapped == "?").to_numpy())
     if bad.size:
         raise DataFormatError(
-            f"{source}: row {bad[0]}: split {raw.iloc[bad[0]]!r} is not a known split name; use "
-            f"train/val/test or add it to the map's 'splits'"
+            f"{source}: {data_row(bad[0])}: split {raw.iloc[bad[0]]!r} is not a known split "
+            "name; use train/val/test or add it to the map's 'splits'"
         )
     return mapped
 

@@ -39,6 +39,15 @@ _STRING_COLUMNS = ("image_id", "path", "patient_id", "study_id", "view", "split"
 LABEL_POLICIES = ("uncertain", "blank")  # the policies that decide what a label value means
 LABEL_POLICIES_ATTR = "label_policies"  # key in DataFrame.attrs
 _PARQUET_KEY = b"cxrprobe.label_policies"
+CSV_FIRST_LINE = 2  # the file line of a CSV's first data row (line 1 is the header)
+
+
+def data_row(index: int, first_line: int | None = CSV_FIRST_LINE) -> str:
+    """A 0-based row position as messages give it: ``data row N`` counted from 1 (as predictions
+    tables count), then ``(line M)``, its line in the file, when the rows are a text table's
+    whose first data row is on ``first_line`` (None: not a text file, e.g. Parquet)."""
+    where = f"data row {int(index) + 1}"
+    return where if first_line is None else f"{where} (line {int(index) + first_line})"
 
 
 def _as_strings(values: pd.Series) -> pd.Series:
@@ -99,11 +108,15 @@ def _read_label_policies(path: Path) -> dict[str, str] | None:
     return {k: str(recorded[k]) for k in LABEL_POLICIES}
 
 
-def validate_manifest(df: pd.DataFrame, source: str = "manifest") -> None:
+def validate_manifest(
+    df: pd.DataFrame, source: str = "manifest", first_line: int | None = None
+) -> None:
     """Raise DataFormatError naming ``source``, the row and the column of the first problem.
 
     Checks: base columns present, required ids non-empty, unique ``image_id``, ``view`` and
-    ``split`` in their canonical sets, finding values in {1, 0, -1, NaN}. Rows are 0-based.
+    ``split`` in their canonical sets, finding values in {1, 0, -1, NaN}. Rows are named as
+    :func:`data_row` does, with their file line when ``df`` holds the data rows of a CSV whose
+    first data row is on ``first_line``.
     """
     missing = [c for c in BASE_COLUMNS if c not in df.columns]
     if missing:
@@ -115,26 +128,35 @@ def validate_manifest(df: pd.DataFrame, source: str = "manifest") -> None:
         empty = np.flatnonzero(df[name].isna().to_numpy() | (df[name].astype(str) == "").to_numpy())
         if empty.size:
             raise DataFormatError(
-                f"{source}: row {empty[0]}, column {name}: empty; every row needs one"
+                f"{source}: {data_row(empty[0], first_line)}, column {name}: empty; every row "
+                "needs one"
             )
     duplicated = np.flatnonzero(df["image_id"].duplicated(keep=False).to_numpy())
     if duplicated.size:
         row = duplicated[0]
+        more = ", ..." if duplicated.size > 5 else ""
+        rows = ", ".join(str(r + 1) for r in duplicated[:5]) + more
         raise DataFormatError(
-            f"{source}: row {row}, column image_id: {df['image_id'].iloc[row]!r} appears "
-            f"{duplicated.size} times among rows {duplicated[:5].tolist()}; ids must be unique"
+            f"{source}: {data_row(row, first_line)}, column image_id: "
+            f"{df['image_id'].iloc[row]!r} appears {duplicated.size} times (data rows {rows}); "
+            "ids must be unique"
         )
-    _check_allowed(df, "view", VIEWS, source)
-    _check_allowed(df, "split", SPLITS, source)
+    _check_allowed(df, "view", VIEWS, source, first_line)
+    _check_allowed(df, "split", SPLITS, source, first_line)
     for name in in_vocabulary_order(df.columns):
         values = pd.to_numeric(df[name], errors="coerce").to_numpy(dtype=np.float64)
         unparsed = df[name].notna().to_numpy() & np.isnan(values)
         bad = np.flatnonzero(unparsed | ~(np.isnan(values) | np.isin(values, LABEL_VALUES)))
         if bad.size:
             raise DataFormatError(
-                f"{source}: row {bad[0]}, column {name}: value {_plain(df[name].iloc[bad[0]])!r} is not "
-                "1, 0, -1 or empty"
+                f"{source}: {data_row(bad[0], first_line)}, column {name}: value "
+                f"{_plain(df[name].iloc[bad[0]])!r} is not 1, 0, -1 or empty"
             )
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception's text on one line (pandas' parser messages end in a newline)."""
+    return " ".join(str(exc).split())
 
 
 def _plain(value: object) -> object:
@@ -142,12 +164,15 @@ def _plain(value: object) -> object:
     return value.item() if isinstance(value, np.generic) else value
 
 
-def _check_allowed(df: pd.DataFrame, column: str, allowed: Sequence[str], source: str) -> None:
+def _check_allowed(
+    df: pd.DataFrame, column: str, allowed: Sequence[str], source: str, first_line: int | None
+) -> None:
     values = df[column]
     bad = np.flatnonzero((values.notna() & (values != "") & ~values.isin(allowed)).to_numpy())
     if bad.size:
         raise DataFormatError(
-            f"{source}: row {bad[0]}, column {column}: {values.iloc[bad[0]]!r} is not one of "
+            f"{source}: {data_row(bad[0], first_line)}, column {column}: "
+            f"{_plain(values.iloc[bad[0]])!r} is not one of "
             f"{', '.join(allowed)} (or empty)"
         )
 
@@ -158,8 +183,9 @@ def read_manifest(path: str | os.PathLike) -> pd.DataFrame:
     if not path.is_file():
         raise InputFileError(f"manifest {path} not found; build one with `cxrprobe manifest`")
     name = path.name.lower()
+    is_csv = name.endswith((".csv", ".csv.gz"))
     try:
-        if name.endswith((".csv", ".csv.gz")):
+        if is_csv:
             df = pd.read_csv(
                 path, dtype={c: str for c in _STRING_COLUMNS}, keep_default_na=False, na_values=[""]
             )
@@ -167,10 +193,10 @@ def read_manifest(path: str | os.PathLike) -> pd.DataFrame:
             df = pd.read_parquet(path)
     except (OSError, ValueError) as exc:
         raise DataFormatError(
-            f"{path}: cannot read as {'CSV' if '.csv' in name else 'Parquet'} ({exc})"
+            f"{path}: cannot read as {'CSV' if is_csv else 'Parquet'} ({one_line(exc)})"
         ) from exc
-    validate_manifest(df, str(path))
-    recorded = None if name.endswith((".csv", ".csv.gz")) else _read_label_policies(path)
+    validate_manifest(df, str(path), CSV_FIRST_LINE if is_csv else None)
+    recorded = None if is_csv else _read_label_policies(path)
     df.attrs.pop(LABEL_POLICIES_ATTR, None)
     df = normalize_manifest(df)
     if recorded is not None:

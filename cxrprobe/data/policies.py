@@ -13,6 +13,10 @@
     ``"official"``: the dataset's own split, val carved out of official train at patient level
     (``val_frac`` of its patients) when the dataset has no val; ``"random"``: a seeded
     patient-level split with ``val_frac`` and ``test_frac`` of the patients (see ``splits``).
+``allow_empty_test``
+    ``split="official"`` with no image in the official test split (its table missing from the
+    root, or a generic CSV whose split column has no test rows) is refused unless this is set;
+    then it only warns. ChestX-ray14 and PadChest without any official split are refused too.
 ``allow_leakage``
     a split (official, or the dataset's own table's) that puts a patient in more than one split
     is refused unless this is set; then it only warns (the option is recorded in the run record).
@@ -61,6 +65,7 @@ class Policies:
     seed: int = 0
     check_files: bool = False
     allow_leakage: bool = False
+    allow_empty_test: bool = False
 
     def __post_init__(self) -> None:
         for name, allowed in (
@@ -109,9 +114,12 @@ def select_views(df: pd.DataFrame, policy: str) -> pd.DataFrame:
     return df[mask].reset_index(drop=True)
 
 
-def assign_split(df: pd.DataFrame, policies: Policies, hint: str = "") -> pd.DataFrame:
+def assign_split(
+    df: pd.DataFrame, policies: Policies, hint: str = "", test_source: str = ""
+) -> pd.DataFrame:
     """Set the ``split`` column by the split policy; refuses (``LeakageError``) a split that puts
-    a patient in two splits unless ``policies.allow_leakage``."""
+    a patient in two splits unless ``policies.allow_leakage``, and an official split without
+    test images unless ``policies.allow_empty_test``."""
     df = df.copy()
     if policies.split == "random":
         df["split"] = random_split(
@@ -119,7 +127,13 @@ def assign_split(df: pd.DataFrame, policies: Policies, hint: str = "") -> pd.Dat
         )
     else:
         df["split"] = official_split(
-            df["split"], df["patient_id"], policies.val_frac, policies.seed, hint
+            df["split"],
+            df["patient_id"],
+            policies.val_frac,
+            policies.seed,
+            hint,
+            test_source,
+            policies.allow_empty_test,
         )
     where = f" ({hint})" if hint and policies.split == "official" else ""
     check_patient_leakage(
@@ -148,8 +162,10 @@ def apply_policies(
     policies: Policies,
     root: str | os.PathLike | None = None,
     hint: str = "",
+    test_source: str = "",
 ) -> pd.DataFrame:
     """Label policies (uncertain, blank), then views, then split, then the optional file check.
+    ``hint`` and ``test_source`` say where the official split and its test images come from.
 
     The result records its label policies in ``df.attrs["label_policies"]``; ``write_manifest``
     stores them in the Parquet file."""
@@ -159,7 +175,7 @@ def apply_policies(
     df = select_views(df, policies.views)
     if df.empty:
         raise ConfigError(f"--views {policies.views} keeps no image; try --views all")
-    df = assign_split(df, policies, hint)
+    df = assign_split(df, policies, hint, test_source)
     if policies.check_files:
         if root is None:
             raise ConfigError("check_files needs the dataset root")
@@ -210,4 +226,28 @@ the 191,010 frontal (PA/AP) images of CheXpert's `train.csv` on which each label
 With blanks masked the study's labels are defined on only 3.4-53.5 % of the images (4.7-58.5 %
 with uncertain as 0), and `no_finding` is only ever 1 or blank: it has no negative at all, so its
 AUROC is undefined.
+"""
+
+
+# docs/datasets.md "Splits and row numbers" (included by ``adapters.datasets_markdown``).
+SPLITS_DOC = """
+`--split official` (the default) keeps the dataset's own split (where each adapter finds it is
+listed under Adapters below) and carves val out of the official train patients
+(`--val-fraction`, 0.1 by default) when the dataset has no val. `--split random` is a seeded
+patient-level split (`--val-fraction`, `--test-fraction`, `--seed`). Either way a patient with
+images in two splits is refused unless `--allow-leakage`.
+
+An official split with no test image is refused (exit 2), as ChestX-ray14 without its split
+lists and PadChest (no official split) are: probe and compare need test images, and otherwise
+the gap would show only after preprocessing and extraction. This happens when CheXpert's
+`valid.csv` or VinDr-CXR's `image_labels_test.csv` is not in the root (the Kaggle VinBigData
+release has no test labels), or when a generic CSV's split column has no test rows. The message
+says where the test images come from; use `--split random`, or pass `--allow-empty-test` to
+write the manifest anyway with a `Warning:` line (a study's dataset takes `allow_empty_test =
+true` in its options; probe's default `--test-split test` then finds no rows).
+
+Errors in a table name the file, the data row counted from 1 (as predictions tables count) and
+its line in the file, the header being line 1: `labels.csv: data row 3 (line 4), column
+'Cardiomegaly': value '2' is not 1, 0, -1 or blank`. A problem found only once the tables are
+combined (an image id in two tables) or in a Parquet manifest names the data row alone.
 """

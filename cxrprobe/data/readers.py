@@ -21,6 +21,7 @@ import pandas as pd
 from cxrprobe.data.findings import FINDING_IDS
 from cxrprobe.data.labelmap import (
     LabelMap,
+    check_label_names,
     labels_from_columns,
     labels_from_lists,
     map_splits,
@@ -28,6 +29,7 @@ from cxrprobe.data.labelmap import (
     normalize_sex,
     warn_unmapped_columns,
 )
+from cxrprobe.data.manifest import data_row
 from cxrprobe.data.tables import (
     assemble,
     column_by_name,
@@ -86,6 +88,7 @@ def read_chestxray14(
     folders = _nih_image_folders(root, ids)
     return assemble(
         labels_from_lists(lists, label_map, str(path)),
+        path,
         image_id=ids,
         path=[f"{folder}/{i}" for folder, i in zip(folders, ids, strict=True)],
         patient_id=table["Patient ID"],
@@ -113,7 +116,7 @@ def _chexpert_part(root: Path, path: Path, label_map: LabelMap, split: str) -> p
     bad = np.flatnonzero(pd.isna(parts["patient"]).to_numpy())
     if bad.size:
         raise DataFormatError(
-            f"{path}: row {bad[0]}, column Path: {table['Path'].iloc[bad[0]]!r} is not "
+            f"{path}: {data_row(bad[0])}, column Path: {table['Path'].iloc[bad[0]]!r} is not "
             ".../patientN/studyN/viewN.jpg"
         )
     lateral = table["Frontal/Lateral"].astype(str).str.casefold().eq("lateral")
@@ -121,6 +124,7 @@ def _chexpert_part(root: Path, path: Path, label_map: LabelMap, split: str) -> p
     study = parts["patient"] + "/" + parts["study"]
     return assemble(
         labels_from_columns(table, label_map, str(path)),
+        path,
         image_id=study + "/" + parts["view"],
         path=paths,
         patient_id=parts["patient"],
@@ -165,7 +169,9 @@ def read_mimic(
     meta = read_table(meta_path, ["dicom_id", *_MIMIC_KEYS, "ViewPosition"], dtype=ids)
     repeated = np.flatnonzero(studies.duplicated(_MIMIC_KEYS).to_numpy())
     if repeated.size:
-        raise DataFormatError(f"{labels_path}: row {repeated[0]}: study listed twice")
+        raise DataFormatError(
+            f"{labels_path}: {data_row(repeated[0])}: study listed twice; keep one row per study"
+        )
     labels = labels_from_columns(studies.drop(columns=_MIMIC_KEYS), label_map, str(labels_path))
     rows = meta.merge(pd.concat([studies[_MIMIC_KEYS], labels], axis=1), on=_MIMIC_KEYS, how="left")
     unlabelled = int(rows[labels.columns].isna().all(axis=1).sum())
@@ -175,11 +181,12 @@ def read_mimic(
     split_path = find_optional_table(root, ["mimic-cxr-2.0.0-split.csv"])
     if split_path is not None:
         table = read_table(split_path, ["dicom_id", "split"], dtype=ids)
+        table["split"] = map_splits(table["split"], label_map, str(split_path))
         split = rows["dicom_id"].map(table.set_index("dicom_id")["split"])
-        split = map_splits(split, label_map, str(split_path))
     subject, study = rows["subject_id"], rows["study_id"]
     return assemble(
         rows[labels.columns],
+        meta_path,  # a left merge keeps the metadata table's rows in order
         image_id=rows["dicom_id"],
         path="files/p"
         + subject.str[:2]
@@ -209,6 +216,7 @@ def _vindr_reader_labels(
     image = column_by_name(table, "image_id", path)
     rad = column_by_name(table, "rad_id", path)
     if "class_name" in table.columns:  # long: one row per reader finding (boxes repeat rows)
+        check_label_names(table["class_name"].dropna(), label_map, str(path))
         lists: dict[tuple[str, str], list[str]] = {}
         for image_id, rad_id, name in zip(
             table[image], table[rad], table["class_name"], strict=True
@@ -256,7 +264,7 @@ def read_vindr(
     table = read_table(path, [], dtype={"image_id": str})
     image_ids, per_reader = _vindr_reader_labels(table, label_map, path)
     train = aggregate_readers(image_ids, per_reader, aggregation)
-    parts = [(train.index.to_series(), train, "train")]
+    parts = [(train.index.to_series(), train, "train", None)]  # aggregated: no file rows
     test_path = find_optional_table(root, ["image_labels_test.csv"], _VINDR_DIRS)
     if test_path is not None and test_path.resolve() != path.resolve():
         test = read_table(test_path, ["image_id"], dtype={"image_id": str})
@@ -265,11 +273,13 @@ def read_vindr(
                 test["image_id"],
                 labels_from_columns(test.drop(columns="image_id"), label_map, str(test_path)),
                 "test",
+                test_path,
             )
         )
     frames = [
         assemble(
             labels,
+            source,
             image_id=ids,
             path=[f"{split}/{i}.dicom" for i in ids],
             patient_id=ids,
@@ -277,7 +287,7 @@ def read_vindr(
             view=map_views(pd.Series([None] * len(ids)), label_map),
             split=[split] * len(ids),
         )
-        for ids, labels, split in parts
+        for ids, labels, split, source in parts
     ]
     return pd.concat(frames, ignore_index=True)
 
@@ -298,7 +308,7 @@ def _label_lists(raw: pd.Series, path: Path) -> pd.Series:
             value = None
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise DataFormatError(
-                f"{path}: row {row}, column Labels: {text[:80]!r} is not a list of names"
+                f"{path}: {data_row(row)}, column Labels: {text[:80]!r} is not a list of names"
             )
         names = [v for v in value if v.strip()]
         parsed[text] = names if names else np.nan
@@ -323,6 +333,7 @@ def read_padchest(
     birth = pd.to_numeric(optional_column(table, "PatientBirth"), errors="coerce")
     return assemble(
         labels_from_lists(_label_lists(table["Labels"], path), label_map, str(path)),
+        path,
         image_id=table["ImageID"],
         path=table["ImageDir"].str.replace(r"\.0$", "", regex=True) + "/" + table["ImageID"],
         patient_id=table["PatientID"],
@@ -405,6 +416,7 @@ def read_generic(
     has_path = columns["path"] in table.columns
     return assemble(
         labels_from_columns(label_columns, label_map, str(path), spec.get("values")),
+        path,
         image_id=table[columns["image_id"]],
         path=table[columns["path"] if has_path else columns["image_id"]],
         patient_id=table[columns["patient_id"]],

@@ -17,7 +17,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from cxrprobe.data.manifest import SPLITS
 from cxrprobe.errors import ConfigError, DataFormatError, LeakageError
 
 log = logging.getLogger(__name__)
@@ -28,8 +27,8 @@ def check_fractions(val_frac: float, test_frac: float) -> None:
     """ConfigError unless 0 <= val_frac, test_frac and val_frac + test_frac < 1."""
     if not (0 <= val_frac < 1 and 0 <= test_frac < 1 and val_frac + test_frac < 1):
         raise ConfigError(
-            f"--val-frac {val_frac} and --test-frac {test_frac} must each be in [0, 1) and sum "
-            "to less than 1"
+            f"--val-fraction {val_frac} and --test-fraction {test_frac} must each be in [0, 1) "
+            "and sum to less than 1"
         )
 
 
@@ -51,8 +50,8 @@ def random_split(patient_id: pd.Series, val_frac: float, test_frac: float, seed:
     n_test, n_val = _count(test_frac, len(order)), _count(val_frac, len(order))
     if n_test + n_val >= len(order):
         raise ConfigError(
-            f"{len(order)} patients are too few for --val-frac {val_frac} and --test-frac "
-            f"{test_frac}: the train split would be empty"
+            f"{len(order)} patients are too few for --val-fraction {val_frac} and "
+            f"--test-fraction {test_frac}: the train split would be empty"
         )
     split_of = dict.fromkeys(order[:n_test], "test")
     split_of.update(dict.fromkeys(order[n_test : n_test + n_val], "val"))
@@ -60,25 +59,33 @@ def random_split(patient_id: pd.Series, val_frac: float, test_frac: float, seed:
 
 
 def official_split(
-    split: pd.Series, patient_id: pd.Series, val_frac: float, seed: int, hint: str = ""
+    split: pd.Series,
+    patient_id: pd.Series,
+    val_frac: float,
+    seed: int,
+    hint: str = "",
+    test_source: str = "",
+    allow_empty_test: bool = False,
 ) -> pd.Series:
     """Keep the dataset's own split; carve val out of its train patients when it has no val.
 
-    Raises ConfigError when no row has an official split (``hint`` says where the dataset keeps
-    it) and DataFormatError when only some rows do.
+    Raises ConfigError when no row has an official split, or when none is in the test split
+    (unless ``allow_empty_test``: then it warns), so a manifest that probe and compare would
+    refuse is not written; ``hint`` says where the dataset keeps its split, ``test_source``
+    where its test images come from. Raises DataFormatError when only some rows have one.
     """
     check_fractions(val_frac, 0.0)
+    where = f" ({hint})" if hint else ""
     missing = split.isna().to_numpy()
     if missing.all():
-        where = f" ({hint})" if hint else ""
         raise ConfigError(
             f"--split official: these tables carry no official split{where}; use --split random"
         )
     if missing.any():
-        row = int(np.flatnonzero(missing)[0])
+        first = patient_id.iloc[int(np.flatnonzero(missing)[0])]
         raise DataFormatError(
-            f"--split official: {int(missing.sum())} of {len(split)} rows have no official split "
-            f"(first: row {row}, patient {patient_id.iloc[row]!r}); use --split random"
+            f"--split official: {int(missing.sum())} of {len(split)} images have no official "
+            f"split{where}, the first an image of patient {first!r}; use --split random"
         )
     split = split.astype(object).copy()
     train = (split == "train").to_numpy()
@@ -87,11 +94,27 @@ def official_split(
         order = patient_order(patients, seed)
         val_patients = set(order[: _count(val_frac, len(order))]) if len(order) > 1 else set()
         split[train & patient_id.astype(str).isin(val_patients).to_numpy()] = "val"
-    for name in SPLITS:
-        if not (split == name).any():
-            log.warning(
-                "--split official: the %s split is empty (its table is not in the root)", name
+    source = f" (they come from {test_source})" if test_source else where
+    no_test = f"--split official: no image is in the official test split{source}"
+    if not (split == "test").any():
+        if not allow_empty_test:
+            raise ConfigError(
+                f"{no_test}; use --split random for a seeded patient-level split, or pass "
+                "--allow-empty-test to write a manifest without test images"
             )
+        log.warning(
+            "%s; written without test images, as --allow-empty-test asks: probe's default "
+            "--test-split test finds no rows in it",
+            no_test,
+        )
+    if not train.any():
+        log.warning("--split official: no image is in the official train split%s", where)
+    elif val_frac > 0 and not (split == "val").any():
+        log.warning(
+            "--split official: the val split is empty: the official train split has one "
+            "patient, too few to carve --val-fraction %s from",
+            val_frac,
+        )
     return split
 
 

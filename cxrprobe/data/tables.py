@@ -14,7 +14,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from cxrprobe.data.manifest import normalize_manifest
+from cxrprobe.data.manifest import (
+    CSV_FIRST_LINE,
+    data_row,
+    normalize_manifest,
+    one_line,
+    validate_manifest,
+)
 from cxrprobe.errors import ConfigError, DataFormatError, InputFileError
 
 log = logging.getLogger(__name__)
@@ -98,7 +104,7 @@ def read_table(
     except UnicodeDecodeError as exc:
         raise DataFormatError(_decode_problem(path, encoding)) from exc
     except (pd.errors.ParserError, pd.errors.EmptyDataError, OSError) as exc:
-        raise DataFormatError(f"{path}: cannot read as CSV ({exc})") from exc
+        raise DataFormatError(f"{path}: cannot read as CSV ({one_line(exc)})") from exc
     missing = [c for c in columns if c not in table.columns]
     if missing:
         raise DataFormatError(
@@ -116,9 +122,7 @@ def _decode_problem(path: Path, encoding: str) -> str:
             try:
                 line.decode(encoding)
             except UnicodeDecodeError as exc:
-                where = (
-                    f"line {number} (data row {number - 2})" if number > 1 else "line 1 (header)"
-                )
+                where = data_row(number - CSV_FIRST_LINE) if number > 1 else "line 1 (header)"
                 return (
                     f"{path}: {where} is not valid {encoding} text (byte {line[exc.start]:#04x} at "
                     f"column {exc.start + 1}); pass the file's encoding with --encoding (e.g. "
@@ -164,10 +168,15 @@ def extract(values: pd.Series, pattern: str) -> pd.DataFrame:
     )
 
 
-def assemble(labels: pd.DataFrame, **columns: Any) -> pd.DataFrame:
-    """A normalised manifest from base-column values (sequences of equal length) and labels."""
+def assemble(labels: pd.DataFrame, source_csv: Path | None = None, **columns: Any) -> pd.DataFrame:
+    """A normalised manifest from base-column values (sequences of equal length) and labels.
+
+    With ``source_csv``, the rows are that CSV's data rows in order: the result is checked here,
+    so a problem (an empty or repeated id) is named by its data row and line in that file."""
     base = pd.DataFrame(
         {name: np.asarray(values, dtype=object) for name, values in columns.items()}
     )
-    frame = pd.concat([base, labels.reset_index(drop=True)], axis=1)
-    return normalize_manifest(frame)
+    frame = normalize_manifest(pd.concat([base, labels.reset_index(drop=True)], axis=1))
+    if source_csv is not None:
+        validate_manifest(frame, str(source_csv), CSV_FIRST_LINE)
+    return frame

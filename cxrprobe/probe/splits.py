@@ -103,8 +103,9 @@ def resolve_splits(
 ) -> Splits:
     """Rows of each role in ``names`` (role → split names); roles not in ``optional`` must have rows.
 
-    With ``val_fraction`` the ``val`` role is that fraction of the training patients instead.
-    A patient with rows in two roles raises ``LeakageError`` unless ``allow_leakage``.
+    With ``val_fraction`` the ``val`` role is that fraction of the training patients instead;
+    it is refused (``ConfigError``) when the ``val`` names have rows of their own, which it would
+    leave unused. A patient with rows in two roles raises ``LeakageError`` unless ``allow_leakage``.
     """
     assigned, notes = split_assignment(emb, split_csv)
     failed = np.asarray(emb.failed, dtype=bool)
@@ -115,6 +116,7 @@ def resolve_splits(
         rows[role] = np.flatnonzero(member & ~failed)
         excluded[role] = int((member & failed).sum())
     if "val" in names and val_fraction is not None:
+        _refuse_unused_val(assigned, names, val_fraction, emb.path)
         groups = np.where(emb.patient_ids != "", emb.patient_ids, emb.ids)
         rows["train"], rows["val"] = carve_validation(rows["train"], groups, val_fraction, seed)
         names["val"] = [f"{val_fraction:g} of {'+'.join(names['train'])} patients (seed {seed})"]
@@ -131,6 +133,24 @@ def resolve_splits(
     for note in notes:
         log.warning(note)
     return Splits(rows, names, excluded, notes)
+
+
+def _refuse_unused_val(
+    assigned: np.ndarray, names: Mapping[str, Sequence[str]], val_fraction: float, store: Any
+) -> None:
+    """Refuse ``--val-fraction`` when the store has validation rows it would leave unused (those
+    of a ``--val-split`` name that is not also a training split)."""
+    unused = [name for name in names["val"] if name not in names["train"]]
+    counts = {name: int((assigned == name).sum()) for name in unused}
+    present = {name: n for name, n in counts.items() if n}
+    if present:
+        listed = ", ".join(f"'{name}' ({n} rows)" for name, n in present.items())
+        raise ConfigError(
+            f"--val-fraction {val_fraction:g}: {store} already has validation split {listed}, "
+            "which it would leave unused; drop --val-fraction to choose on it, add it to "
+            "--train-split to train on it (the fraction is then held out of both), or pass "
+            "--val-split none to leave it out"
+        )
 
 
 def _leakage_notes(

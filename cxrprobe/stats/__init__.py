@@ -10,7 +10,7 @@ CUDA), ``bootstrap`` (AUROC and confusion counts per resample, the chunked loop)
 metrics), ``calibration`` (Brier, ECE), ``options`` (``BootstrapOptions``), ``families``
 (which labels are averaged and tested), ``blocks`` (one population's rows), ``verdict``, ``report`` (assembly), ``render`` (tables), ``plots``
 (figures) and ``outputs`` (``run_compare`` / ``run_evaluate``: the commands' library entry
-points). Method notes: ``docs/stats.md``.
+points); ``messages`` formats file values for error messages. Method notes: ``docs/stats.md``.
 
 Names are re-exported lazily, so ``import cxrprobe.stats.predictions`` (used by probes and CLI
 modules) imports neither torch nor scipy; a CPU comparison never imports torch.

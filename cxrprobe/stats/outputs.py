@@ -115,11 +115,34 @@ def _prepare(outputs: Mapping[str, Output], by: Sequence, **paths: Any) -> dict[
     return {k: None if v is None else Path(v) for k, v in {**paths, **outputs}.items()}
 
 
+def _check_names(given: Mapping[str, str | None]) -> None:
+    """Refuse an empty model name, or the same name for both models (before any work)."""
+    for key, name in given.items():
+        option = "--name" if len(given) == 1 else f"--name-{key}"
+        if name is not None and not name.strip():
+            raise ConfigError(f"{option} is empty; give the model a name, or leave {option} out")
+    if len(given) == 2 and None not in given.values() and len(set(given.values())) == 1:
+        raise ConfigError(
+            f"--name-a and --name-b are both {given['a']!r}; give the two models distinct names"
+        )
+
+
+def _named(report: dict[str, Any], given: Mapping[str, str | None]) -> None:
+    """Name the models by the names given in place of the file names, and redo the verdict
+    that quotes them."""
+    chosen = {key: name for key, name in given.items() if name is not None}
+    if chosen:
+        report["names"] = {**report["names"], **chosen}
+        finish(report)
+
+
 def run_compare(
     file_a: str | os.PathLike,
     file_b: str | os.PathLike,
     options: BootstrapOptions,
     *,
+    name_a: str | None = None,
+    name_b: str | None = None,
     align: bool = False,
     validation_a: str | os.PathLike | None = None,
     validation_b: str | os.PathLike | None = None,
@@ -135,11 +158,13 @@ def run_compare(
 ) -> tuple[dict[str, Any], list[Path]]:
     """Compare two predictions files and write the requested outputs with their run records.
 
-    ``cells`` ({"a": name, "b": name, "dataset": name}, from the study plan) names the models
-    in the report, the verdict and the figures instead of the file names. ``findings`` (a
-    named set and/or finding ids) keeps only those labels: they alone are compared and form
-    the FDR family; the spec and the labels compared go into the run record. Returns the
-    report and the paths written.
+    ``name_a`` / ``name_b`` name the models in the report, the verdict and the figures; by
+    default they are the cells' names, else the file names, or the folders telling them apart
+    when the file names are the same (:func:`cxrprobe.stats.pairing.model_names`). ``cells``
+    ({"a": name, "b": name, "dataset": name}, from the study plan) is recorded in the report.
+    ``findings`` (a named set and/or finding ids) keeps only those labels: they alone are
+    compared and form the FDR family; the spec and the labels compared go into the run record.
+    Returns the report and the paths written.
     """
     outputs = dict(
         out=out,
@@ -148,6 +173,11 @@ def run_compare(
         subgroup_plot=subgroup_plot,
         reliability_plot=reliability_plot,
     )
+    names = {
+        key: (cells or {}).get(key) if given is None else given
+        for key, given in (("a", name_a), ("b", name_b))
+    }
+    _check_names(names)
     paths = _prepare(
         outputs,
         by,
@@ -159,6 +189,8 @@ def run_compare(
     config = {
         **paths,
         **asdict(options),
+        "name_a": name_a,
+        "name_b": name_b,
         "align": align,
         "by": [str(spec) for spec in by],
         "findings": findings,
@@ -177,8 +209,7 @@ def run_compare(
     )
     if cells:
         report["cells"] = dict(cells)
-        report["names"] = {key: cells[key] for key in ("a", "b")}
-        finish(report)
+    _named(report, names)
     return report, _record_and_write(report, outputs, "cxrprobe compare", config)
 
 
@@ -186,6 +217,7 @@ def run_evaluate(
     file: str | os.PathLike,
     options: BootstrapOptions,
     *,
+    name: str | None = None,
     validation: str | os.PathLike | None = None,
     by: Sequence[str | SubgroupSpec] = (),
     findings: str | Sequence[str] | None = None,
@@ -196,18 +228,22 @@ def run_evaluate(
     progress: ProgressFactory | None = None,
 ) -> tuple[dict[str, Any], list[Path]]:
     """Evaluate one predictions file and write the requested outputs with their run records
-    (``findings``: only those labels, as in :func:`run_compare`)."""
+    (``name``: the model's name in the report, by default the file name; ``findings``: only
+    those labels, as in :func:`run_compare`)."""
     outputs = dict(
         out=out, markdown=markdown, subgroup_plot=subgroup_plot, reliability_plot=reliability_plot
     )
+    _check_names({"a": name})
     paths = _prepare(outputs, by, file=file, validation=validation)
     config = {
         **paths,
         **asdict(options),
+        "name": name,
         "by": [str(spec) for spec in by],
         "findings": findings,
     }
     report = evaluate_file(
         file, options, validation=validation, by=by, findings=findings, progress=progress
     )
+    _named(report, {"a": name})
     return report, _record_and_write(report, outputs, "cxrprobe evaluate", config)

@@ -4,12 +4,15 @@ Without ``align`` the two files must hold the same ids and labels in the same or
 rows are matched by id and labels by name, and what only one file has is dropped and counted.
 Either way the targets (and patient ids, and subgroup fields) of shared rows must agree.
 A finding subset (``--findings``) narrows each file to the labels it names before pairing.
+:func:`model_names` names the two models in reports when no name is given.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -17,7 +20,31 @@ import numpy as np
 from cxrprobe.data.findings import FINDING_IDS
 from cxrprobe.errors import DataFormatError
 from cxrprobe.stats.groups import fields_equal
+from cxrprobe.stats.messages import shown
 from cxrprobe.stats.predictions import Predictions
+
+
+def model_names(paths: Sequence[str | os.PathLike]) -> list[str]:
+    """Short names telling the models of ``paths`` apart: each file's name, or, when two files
+    have the same name (every probe writes ``predictions.json``), the fewest trailing folders
+    in which their paths differ.
+
+    Examples
+    --------
+    >>> model_names(["run/imagenet.json", "run/dinov2.npz"])
+    ['imagenet.json', 'dinov2.npz']
+    >>> model_names(["s/dinov2/probe/predictions.json", "s/imagenet/probe/predictions.json"])
+    ['dinov2/probe', 'imagenet/probe']
+    """
+    names = [Path(p).name for p in paths]
+    if len(set(names)) == len(names):
+        return names
+    folders = [Path(os.path.abspath(p)).parent.parts for p in paths]
+    for depth in range(1, max(map(len, folders)) + 1):
+        tails = [Path(*parts[-depth:]).as_posix() for parts in folders]
+        if len(set(tails)) == len(tails):
+            return tails
+    return names  # the same file twice: nothing tells them apart
 
 
 def narrow_findings(pred: Predictions, spec: str | Sequence[str] | None) -> Predictions:
@@ -86,7 +113,7 @@ def _check_same_truth(a: Predictions, b: Predictions, names: tuple[str, str]) ->
             r = int(np.flatnonzero(~same)[0])
             raise DataFormatError(
                 f"{names[0]} and {names[1]} give id '{a.ids[r]}' different values of subgroup "
-                f"field '{name}' ({a.subgroups[name][r]!r} vs {b.subgroups[name][r]!r})"
+                f"field '{name}' ({shown(a.subgroups[name][r])} vs {shown(b.subgroups[name][r])})"
             )
 
 

@@ -29,6 +29,7 @@ from cxrprobe.errors import DataFormatError, InputFileError
 from cxrprobe.provenance import atomic_write_bytes, atomic_write_text, to_jsonable
 from cxrprobe.stats import tabular
 from cxrprobe.stats.groups import check_fields, field_to_json, field_to_npz
+from cxrprobe.stats.messages import shown
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -149,6 +150,14 @@ def _table(value: Any, name: str, shape: tuple[int, int], source: str) -> np.nda
     return array
 
 
+def _is_null(table: Any, row: int, col: int) -> bool:
+    """Whether the cell was given as None (a JSON null), not as a number such as NaN."""
+    try:
+        return table[row][col] is None
+    except (TypeError, IndexError, KeyError):
+        return False
+
+
 def validate_predictions(pred: Predictions, source: str = "predictions") -> Predictions:
     """Check shapes, types, values and unique ids; return ``pred`` with float64 arrays.
 
@@ -187,7 +196,7 @@ def validate_predictions(pred: Predictions, source: str = "predictions") -> Pred
         raise _fail(
             source,
             f"target of id '{ids[r]}' (row {r}), label '{labels[c]}' is "
-            f"{targets[r, c]!r}; targets must be 1, 0 or null (not annotated)",
+            f"{shown(targets[r, c])}; targets must be 1, 0 or null (not annotated)",
         )
     bad = ~np.isfinite(scores)
     if pred.score_kind == "probability":
@@ -195,10 +204,11 @@ def validate_predictions(pred: Predictions, source: str = "predictions") -> Pred
     if bad.any():
         r, c = np.argwhere(bad)[0]
         need = "a probability in [0, 1]" if pred.score_kind == "probability" else "finite"
+        value = "null" if _is_null(pred.scores, r, c) else shown(scores[r, c])
         raise _fail(
             source,
-            f"score of id '{ids[r]}' (row {r}), label '{labels[c]}' is "
-            f"{scores[r, c]!r}; every score must be {need}",
+            f"score of id '{ids[r]}' (row {r}), label '{labels[c]}' is {value}; every score "
+            f"must be {need}",
         )
     return replace(
         pred,

@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -29,7 +28,7 @@ from cxrprobe.stats.families import constant_scores
 from cxrprobe.stats.groups import MISSING, SubgroupSpec, parse_by, subgroup_masks
 from cxrprobe.stats.intervals import smallest_p
 from cxrprobe.stats.options import BootstrapOptions
-from cxrprobe.stats.pairing import narrow_findings, pair_predictions
+from cxrprobe.stats.pairing import model_names, narrow_findings, pair_predictions
 from cxrprobe.stats.predictions import Predictions, read_predictions, validate_predictions
 from cxrprobe.stats.thresholds import youden_thresholds
 from cxrprobe.stats.verdict import verdict, warnings_of
@@ -180,11 +179,12 @@ def _analyse(
         return make(labels, t, scores, orders, samples, thresholds, constant, options)
 
     overall, _ = block(0)
+    named = [m for m, p in pred.items() if p.source]
     report: dict[str, Any] = {
         "format": REPORT_FORMAT,
         "version": REPORT_VERSION,
         "kind": kind,
-        "names": {m: Path(p.source).name for m, p in pred.items() if p.source},
+        "names": dict(zip(named, model_names([pred[m].source for m in named]), strict=True)),
         "bootstrap": _bootstrap_record(resampler, options),
         "label_families": {
             "min_positives": options.min_positives,

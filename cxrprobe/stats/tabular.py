@@ -30,6 +30,7 @@ import numpy as np
 from cxrprobe.errors import DataFormatError
 from cxrprobe.provenance import atomic_write_bytes, atomic_write_json, to_jsonable
 from cxrprobe.stats.groups import field_to_json
+from cxrprobe.stats.messages import shown
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -42,6 +43,10 @@ REQUIRED = ("image_id", "finding", "target", "score")
 RESERVED = (*REQUIRED, "patient_id", "score_kind")
 METADATA_KEY = b"cxrprobe.predictions"
 SUFFIXES = (".parquet", ".csv")
+_NEEDS = {  # what a value of a numeric column must be
+    "target": "a target must be 1, 0 or empty (not annotated)",
+    "score": "every score must be a number",
+}
 
 
 def provenance_path(path: Path) -> Path:
@@ -113,8 +118,10 @@ def read_table(path: Path) -> dict[str, Any]:
         if path.suffix.lower() == ".parquet":
             table = pq.read_table(path)
         else:
-            types = {"image_id": pa.string(), "patient_id": pa.string(), "finding": pa.string()}
-            types |= {"target": pa.float64(), "score": pa.float64(), "score_kind": pa.string()}
+            # numbers are read as text and converted in from_table, whose errors name the data
+            # row and the column (pyarrow's name neither)
+            names = ("image_id", "patient_id", "finding", "target", "score", "score_kind")
+            types = dict.fromkeys(names, pa.string())
             table = pcsv.read_csv(
                 path,
                 convert_options=pcsv.ConvertOptions(column_types=types, strings_can_be_null=True),
@@ -155,14 +162,46 @@ def _codes(table: pa.Table, name: str, source: str) -> tuple[np.ndarray, list[st
 
 
 def _numbers(table: pa.Table, name: str, source: str) -> np.ndarray:
+    """A numeric column as float64 in data-row order (NaN where empty); text that is not a
+    number is refused naming its data row."""
     import pyarrow as pa
 
     column = table.column(name).combine_chunks()
+    if pa.types.is_dictionary(column.type):
+        column = column.cast(column.type.value_type)
     try:
-        column = column.cast(pa.float64())
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-        raise DataFormatError(f"{source}: column '{name}' must hold numbers ({exc})") from None
-    return column.to_numpy(zero_copy_only=False)
+        return column.cast(pa.float64()).to_numpy(zero_copy_only=False)
+    except pa.ArrowNotImplementedError:
+        raise DataFormatError(
+            f"{source}: column '{name}' holds {column.type} values; it must hold numbers"
+        ) from None
+    except pa.ArrowInvalid:
+        lo, hi = 0, len(column)  # the first value that is not a number lies in [lo, hi)
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            try:
+                column.slice(lo, mid - lo).cast(pa.float64())
+                lo = mid
+            except pa.ArrowInvalid:
+                hi = mid
+        raise DataFormatError(
+            f"{source}: '{name}' is {shown(column[lo].as_py())} in data row {lo + 1}, not a "
+            f"number; {_NEEDS[name]}"
+        ) from None
+
+
+def _check_values(
+    name: str, values: np.ndarray, bad: np.ndarray, need: str, where: tuple, source: str
+) -> None:
+    """Refuse the first data row flagged ``bad``, naming its value, image and finding, and
+    saying what it must be (``need``)."""
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        image, finding, ids, labels = where
+        raise DataFormatError(
+            f"{source}: '{name}' is {shown(values[row])} in data row {row + 1} (image "
+            f"'{ids[image[row]]}', finding '{labels[finding[row]]}'); {need}"
+        )
 
 
 def _per_image(
@@ -197,8 +236,8 @@ def _per_image(
         row = int(np.flatnonzero(differ)[0])
         other = int(first[image[row]])
         raise DataFormatError(
-            f"{source}: image '{ids[image[row]]}' has {name} {value(other)!r} in data row "
-            f"{other + 1} but {value(row)!r} in data row {row + 1}; a per-image column must "
+            f"{source}: image '{ids[image[row]]}' has {name} {shown(value(other))} in data row "
+            f"{other + 1} but {shown(value(row))} in data row {row + 1}; a per-image column must "
             "agree on all the image's rows"
         )
     if key.dtype.kind == "f":
@@ -237,14 +276,23 @@ def from_table(table: pa.Table, source: str, metadata: dict[str, Any]) -> dict[s
             f"'{labels[absent % n_labels]}'; every image needs a score for every finding "
             "(leave target empty where it is not annotated)"
         )
-    targets = np.empty(n * n_labels)
-    scores = np.empty(n * n_labels)
-    targets[cell] = _numbers(table, "target", source)
-    scores[cell] = _numbers(table, "score", source)
-    empty = np.isnan(scores[cell])
+    where = (image, finding, ids, labels)
+    target_rows, score_rows = _numbers(table, "target", source), _numbers(table, "score", source)
+    known = ~np.isnan(target_rows)
+    bad = known & (target_rows != 0) & (target_rows != 1)
+    _check_values("target", target_rows, bad, _NEEDS["target"], where, source)
+    empty = np.isnan(score_rows)
     if empty.any():
         row = int(np.flatnonzero(empty)[0])
         raise DataFormatError(f"{source}: 'score' is empty in data row {row + 1}; fill it in")
+    score_kind = _score_kind(table, metadata, score_rows, source)
+    bad, need = ~np.isfinite(score_rows), "every score must be finite"
+    if score_kind == "probability":
+        bad |= (score_rows < 0) | (score_rows > 1)
+        need = "every score must be a probability in [0, 1] (score_kind probability)"
+    _check_values("score", score_rows, bad, need, where, source)
+    targets, scores = np.empty(n * n_labels), np.empty(n * n_labels)
+    targets[cell], scores[cell] = target_rows, score_rows
     fields = {
         name: _per_image(table, name, image, ids, source)
         for name in table.column_names
@@ -267,7 +315,7 @@ def from_table(table: pa.Table, source: str, metadata: dict[str, Any]) -> dict[s
         "patient_ids": patients,
         "targets": targets.reshape(n, n_labels),
         "scores": scores.reshape(n, n_labels),
-        "score_kind": _score_kind(table, metadata, scores, source),
+        "score_kind": score_kind,
         "provenance": metadata.get("provenance") or {},
         "subgroups": fields,
     }

@@ -32,7 +32,7 @@ PROVIDED: dict[str, frozenset[str]] = {
     "probe": frozenset({"store", "out"}),
     "finetune": frozenset({*MODEL_KEYS, *IMAGE_SOURCE_KEYS, "out", "resume", "overwrite"}),
     "compare": frozenset(
-        {"file_a", "file_b", "align", "validation_a", "validation_b"}
+        {"file_a", "file_b", "name_a", "name_b", "align", "validation_a", "validation_b"}
         | {"out", "markdown", "plot", "subgroup_plot", "reliability_plot"}
     ),
 }

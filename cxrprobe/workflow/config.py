@@ -4,8 +4,10 @@ A study config names where the datasets and weights are and how each stage runs.
 table sets options of that stage's command by their command-line names (``--batch-size`` →
 ``batch_size``; a dataset's ``options`` are ``cxrprobe manifest`` options), and every value is
 checked at load with the command's own click types, ranges and choices, so the file accepts what
-the command line accepts. Every problem is reported at once, before anything runs. Relative
-paths are resolved against the config file's folder. Keys spelled the old way (the library's
+the command line accepts. Every problem is reported at once, before anything runs; what the
+built plan would read, and option combinations the commands refuse, are checked next, also
+before anything runs (:mod:`cxrprobe.workflow.preflight`). Relative paths are resolved against
+the config file's folder. Keys spelled the old way (the library's
 names, e.g. ``val_frac``, ``img_size``, ``num_workers``) still work for one release, with a
 ``DeprecationWarning``. An init's ``pretrain`` table, ``exclude`` and ``comparisons`` are read by
 :mod:`cxrprobe.workflow.cells`, which documents them. ``cxrprobe study --template paper`` prints

@@ -21,7 +21,7 @@ from typing import Any
 from cxrprobe.errors import ConfigError
 from cxrprobe.finetuned import CHECKPOINT, RUN_PREFIX
 from cxrprobe.workflow.cells import COMPARISON_MODES, init_pairs, pretraining_order
-from cxrprobe.workflow.commands import Commands, command_args, command_line, parse_args
+from cxrprobe.workflow.commands import MODEL_KEYS, Commands, command_args, command_line, parse_args
 from cxrprobe.workflow.config import DatasetEntry, InitEntry, StudyConfig
 
 CURVE_KEYS = ("train_fraction", "repeats")  # [probe] keys of the curve steps only
@@ -38,7 +38,8 @@ class Step:
     command line they make and ``params`` what click parses from it, which ``run`` uses.
     ``inputs`` are files the step reads beyond its input options' values (see
     :func:`cxrprobe.workflow.state.inputs_of`): their content is recorded, and the step is redone
-    when it changes."""
+    when it changes. ``where`` names the place in the study config that sets each option (by
+    key; ``options``: the table of the others, default ``[STAGE]``), for pre-flight messages."""
 
     key: str
     stage: str
@@ -48,6 +49,7 @@ class Step:
     params: dict[str, Any] = field(repr=False)
     action: Action = field(repr=False)
     inputs: tuple[Path, ...] = ()
+    where: dict[str, str] = field(default_factory=dict, repr=False)
 
     @property
     def command(self) -> str:
@@ -111,6 +113,7 @@ class _Draft:
     values: dict[str, Any]
     action: Action
     inputs: tuple[Path, ...] = ()
+    where: dict[str, str] = field(default_factory=dict)  # see Step
 
     def step(self, commands: Commands) -> Step:
         """The step, its command line written and parsed with the stage's click command."""
@@ -120,18 +123,24 @@ class _Draft:
             params = parse_args(commands, self.stage, args)
         except ConfigError as exc:
             raise ConfigError(f"step {self.key}: {exc}") from exc
-        return Step(
-            self.key, self.stage, self.output, values, args, params, self.action, self.inputs
-        )
+        step = (self.key, self.stage, self.output, values, args, params, self.action)
+        return Step(*step, self.inputs, dict(self.where))
 
 
 @dataclass(frozen=True)
 class Model:
     """An init as the steps use it: its model options and the files they read beyond them (a
-    pretrained init is ``--init run:RUN_DIR``, reading the run's best checkpoint)."""
+    pretrained init is ``--init run:RUN_DIR``, reading the run's best checkpoint), and where
+    the study config sets them."""
 
     entry: InitEntry
     inputs: tuple[Path, ...] = ()
+    at: str = ""  # e.g. "init 'dinov2'"
+
+    @property
+    def where(self) -> dict[str, str]:
+        """The config place of each model option (see ``Step.where``)."""
+        return {"init": self.at, **{k: f"{self.at} {k}" for k in MODEL_KEYS if k != "init"}}
 
 
 def build_plan(config: StudyConfig, commands: Commands) -> list[Step]:
@@ -141,7 +150,7 @@ def build_plan(config: StudyConfig, commands: Commands) -> list[Step]:
     ``commands`` (stage name → click command, the CLI's) write and parse each step's command."""
     paths = Paths(config.out)
     steps: dict[str, _Draft] = {}
-    models = {i.name: Model(i) for i in config.inits if i.pretrain is None}
+    models = {i.name: Model(i, at=f"init {i.name!r}") for i in config.inits if i.pretrain is None}
     by_name = {i.name: i for i in config.inits}
     for name in pretraining_order({i.name: i.pretrain for i in config.inits}):
         init = by_name[name]
@@ -151,7 +160,7 @@ def build_plan(config: StudyConfig, commands: Commands) -> list[Step]:
             steps.setdefault(step.key, step)
         run = pretrain.output.parent.resolve()
         entry = InitEntry(name, f"{RUN_PREFIX}{run}", methods=init.methods)
-        models[name] = Model(entry, (run / CHECKPOINT,))
+        models[name] = Model(entry, (run / CHECKPOINT,), f"init {name!r} (its pretrain run)")
     for ds in config.datasets:
         for step in _dataset_steps(config, paths, ds, models):
             steps.setdefault(step.key, step)
@@ -243,7 +252,10 @@ def _manifest_step(ds: DatasetEntry, out: Path) -> _Draft:
         }
 
     values = {"dataset": ds.adapter, "root": ds.root, "out": out, **ds.options}
-    return _Draft(f"{ds.name}/manifest", "manifest", out, values, action)
+    at = f"dataset {ds.name!r}"
+    where = {"root": f"{at} root", "options": f"{at} options"}
+    where |= {"dataset": f"{at} adapter", **{k: f"{at} options {k}" for k in ds.options}}
+    return _Draft(f"{ds.name}/manifest", "manifest", out, values, action, where=where)
 
 
 def _preprocess_step(config: StudyConfig, ds: DatasetEntry, manifest: Path, out: Path) -> _Draft:
@@ -253,7 +265,8 @@ def _preprocess_step(config: StudyConfig, ds: DatasetEntry, manifest: Path, out:
         return build_cache(params, progress)
 
     values = {"manifest": manifest, "root": ds.root, "out": out, **config.preprocess}
-    return _Draft(f"{ds.name}/preprocess", "preprocess", out, values, action)
+    where = {"root": f"dataset {ds.name!r} root"}
+    return _Draft(f"{ds.name}/preprocess", "preprocess", out, values, action, where=where)
 
 
 def _extract_step(
@@ -273,7 +286,7 @@ def _extract_step(
         **config.extract,
     }
     key = f"{ds.name}/{model.entry.name}/extract"
-    return _Draft(key, "extract", out, values, action, model.inputs)
+    return _Draft(key, "extract", out, values, action, model.inputs, model.where)
 
 
 def _probe_step(
@@ -321,9 +334,11 @@ def _finetune_step(
     pred: Path,
     key: str | None = None,
     options: dict[str, Any] | None = None,
+    options_at: str = "",
 ) -> _Draft:
-    """A fine-tune of ``model`` on ``ds`` into ``pred``'s folder (``options`` replace the
-    study's ``[finetune]`` values); the cell ``ds/init/finetune`` unless ``key`` says otherwise."""
+    """A fine-tune of ``model`` on ``ds`` into ``pred``'s folder (``options``, set in the config
+    at ``options_at``, replace the study's ``[finetune]`` values); the cell ``ds/init/finetune``
+    unless ``key`` says otherwise."""
 
     def action(params: dict[str, Any], progress: Progress) -> dict[str, Any]:
         from cxrprobe.finetune.recipe import run_finetune
@@ -342,7 +357,10 @@ def _finetune_step(
         **(options or {}),
     }
     key = key or f"{ds.name}/{model.entry.name}/finetune"
-    return _Draft(key, "finetune", pred, values, action, model.inputs)
+    where = {**model.where, **{k: f"{options_at} {k}" for k in options or {}}}
+    if options:
+        where["options"] = f"[finetune] and {options_at}"
+    return _Draft(key, "finetune", pred, values, action, model.inputs, where)
 
 
 def _pretraining_step(
@@ -361,7 +379,8 @@ def _pretraining_step(
         return _finetune_step(config, ds, source, images, pred)
     pred = paths.pretraining(ds.name, init.name)
     key = f"{ds.name}/_pretrain/{init.name}"
-    return _finetune_step(config, ds, source, images, pred, key, pretrain.options)
+    at = f"init {init.name!r} pretrain options"
+    return _finetune_step(config, ds, source, images, pred, key, pretrain.options, at)
 
 
 def _compare_step(
@@ -373,7 +392,8 @@ def _compare_step(
     validation: dict[str, Path],
     out: Path,
 ) -> _Draft:
-    """``cxrprobe compare`` of cells A and B; when both write validation-split predictions
+    """``cxrprobe compare`` of cells A and B, named by ``--name-a`` / ``--name-b`` so the printed
+    command names them as the study does; when both write validation-split predictions
     (probes and fine-tunes do), Youden thresholds are chosen on those, not on the test split."""
 
     def action(params: dict[str, Any], progress: Progress) -> dict[str, Any]:
@@ -398,6 +418,8 @@ def _compare_step(
     values = {
         "file_a": predictions[a],
         "file_b": predictions[b],
+        "name_a": a,
+        "name_b": b,
         "validation_a": validation[a] if both else None,
         "validation_b": validation[b] if both else None,
         "out": out,

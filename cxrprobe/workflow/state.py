@@ -46,7 +46,11 @@ from cxrprobe.workflow.moves import Move, same_setting
 from cxrprobe.workflow.plan import Paths, Progress, Step
 
 RECORD_FORMAT = "cxrprobe.step-record"
-RECORD_VERSION = 2
+RECORD_VERSION = 3
+# Settings a stage's steps gained at a record version, which older records implied: a study's
+# compare step always named its models after its cells, and says so with --name-a/--name-b
+# since version 3. Their absence from an older record is no change.
+IMPLIED_BEFORE = {3: {"compare": frozenset({"name_a", "name_b"})}}
 # Options that name a file or store a step reads (any stage); their content is tracked.
 INPUT_OPTIONS = frozenset(
     {
@@ -224,10 +228,17 @@ def changed_settings(step: Step, saved: Mapping[str, Any] | None) -> list[str]:
     if saved is None:
         return []
     old, new, move = saved.get("settings", {}), to_jsonable(step.settings), _move(step, saved)
+    implied = {
+        key
+        for version, stages in IMPLIED_BEFORE.items()
+        if saved.get("version", 1) < version
+        for key in stages.get(step.stage, ())
+    }
     return sorted(
         k
         for k in set(old) | set(new)
-        if k not in old or k not in new or not same_setting(old[k], new[k], move)
+        if not (k not in old and k in implied)
+        and (k not in old or k not in new or not same_setting(old[k], new[k], move))
     )
 
 
