@@ -102,3 +102,14 @@ def test_verbose_flags_show_library_log_records(capsys, quiet_logging):
         assert ("INFO cxrprobe.example: an info line" in err) == ("INFO" in shown), flags
         assert ("DEBUG cxrprobe.example: a debug line" in err) == ("DEBUG" in shown), flags
         assert err.count("an info line") <= 1  # one handler, however often main ran
+
+
+def test_library_warnings_are_warning_lines_without_flags(capsys, quiet_logging):
+    log = logging.getLogger("cxrprobe.example")
+    for _ in range(2):  # main runs once per command: still one line per record
+        assert CliRunner().invoke(main, ["info", "--help"]).exit_code == 0
+    capsys.readouterr()
+    log.info("an info line")
+    log.warning("k=%d exceeds the %d training rows", 50, 10)
+    err = capsys.readouterr().err
+    assert err == "Warning: k=50 exceeds the 10 training rows\n"

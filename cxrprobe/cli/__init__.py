@@ -34,7 +34,8 @@ class _StderrHandler(logging.StreamHandler):
 
 
 def configure_logging(verbosity: int) -> None:
-    """Show ``cxrprobe`` log records on stderr: none beyond warnings (0), info (1), debug (2+).
+    """Show ``cxrprobe`` log records on stderr: warnings only, as ``Warning: ...`` lines like the
+    commands' own (0), timestamped info (1) or debug (2+) records.
 
     Replaces the handler an earlier call installed, so running commands repeatedly in one process
     (tests, notebooks) never duplicates lines.
@@ -42,13 +43,15 @@ def configure_logging(verbosity: int) -> None:
     logger = logging.getLogger("cxrprobe")
     for handler in [h for h in logger.handlers if isinstance(h, _StderrHandler)]:
         logger.removeHandler(handler)
-    if verbosity <= 0:
-        logger.setLevel(logging.NOTSET)
-        return
     handler = _StderrHandler()
-    handler.setFormatter(logging.Formatter(LOG_FORMAT, datefmt="%H:%M:%S"))
+    if verbosity <= 0:
+        handler.setLevel(logging.WARNING)
+        handler.setFormatter(logging.Formatter("Warning: %(message)s"))
+        logger.setLevel(logging.NOTSET)
+    else:
+        handler.setFormatter(logging.Formatter(LOG_FORMAT, datefmt="%H:%M:%S"))
+        logger.setLevel(logging.INFO if verbosity == 1 else logging.DEBUG)
     logger.addHandler(handler)
-    logger.setLevel(logging.INFO if verbosity == 1 else logging.DEBUG)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

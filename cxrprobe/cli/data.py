@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
-import logging
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -215,35 +212,13 @@ def manifest(dataset: str, root: Path, out: Path, **options: Any) -> None:
     from cxrprobe.data.adapters import build_manifest
     from cxrprobe.data.manifest import prevalence, run_record_path
 
-    with library_errors(), _warnings(), progress(2, f"manifest {dataset}", unit="step") as bar:
+    with library_errors(), progress(2, f"manifest {dataset}", unit="step") as bar:
         df, _, _ = build_manifest(dataset, root, out, options, bar.update)
     click.echo(_summary_table(prevalence(df)))
     click.echo(
         f"wrote {out} ({len(df)} images, {df['patient_id'].nunique()} patients) and "
         f"{run_record_path(out)}"
     )
-
-
-class _WarningLines(logging.Handler):
-    """The library's warnings as ``Warning: ...`` lines on stderr, like the command's own."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        click.echo(f"Warning: {record.getMessage()}", err=True)
-
-
-@contextlib.contextmanager
-def _warnings() -> Iterator[None]:
-    """Show the library's warnings as ``Warning:`` lines, unless -v already shows its log."""
-    logger = logging.getLogger("cxrprobe")
-    if logger.handlers:
-        yield
-        return
-    handler = _WarningLines(logging.WARNING)
-    logger.addHandler(handler)
-    try:
-        yield
-    finally:
-        logger.removeHandler(handler)
 
 
 COMMANDS = [datasets, manifest]
