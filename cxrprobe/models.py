@@ -1,9 +1,10 @@
 """The registry of initialisations: one place that turns ``--init``/``--weights`` into a model.
 
 Every command that needs a backbone (``extract``, ``finetune``) calls :func:`create_model`, which
-returns the timm model and a :class:`ModelSpec` recording what was built (architecture, input and
-patch size, how features are read out, normalisation from the model's own config unless ``mean``/
-``std`` override it, and the sha256 of the weights loaded).
+returns the timm model (built by :mod:`cxrprobe.architectures`, then given its weights) and a
+:class:`ModelSpec` recording what was built (architecture, input and patch size, how features
+are read out, normalisation from the model's own config unless ``mean``/``std`` override it,
+and the sha256 of the weights loaded).
 
 Initialisations:
 
@@ -45,10 +46,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cxrprobe.architectures import build_architecture, readout_of
 from cxrprobe.errors import ConfigError, InputFileError, WeightsError
 from cxrprobe.finetuned import RUN_PREFIX, adopt_recorded, finished_run
+from cxrprobe.hub import hub_weights_file
 from cxrprobe.weights import (
-    hub_weights_file,
     load_state_dict,
     load_weights,
     load_weights_file,
@@ -59,7 +61,6 @@ from cxrprobe.weights import (
 log = logging.getLogger(__name__)
 
 _WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt")
-RANDOM_INIT_SEED = 0  # every model is built from this seed before any weights are loaded
 
 
 @dataclass(frozen=True)
@@ -279,7 +280,7 @@ def create_model(
     if norm["std"] is not None and min(norm["std"]) <= 0:
         raise ConfigError(f"--std must be positive, got {list(norm['std'])}")
     kwargs = adopted.model_kwargs
-    model = _build(choice.arch, img_size, num_classes, kwargs, drop_path_rate)
+    model = build_architecture(choice.arch, img_size, num_classes, kwargs, drop_path_rate)
     source = "random" if path is None else choice.label if choice.recorded else "file"
     if path is None and choice.weights == "hub":
         path = hub_weights_file(model.pretrained_cfg, choice.label, choice.hint)
@@ -304,60 +305,6 @@ def _channels(option: str, values: Sequence[float] | None) -> tuple[float, ...] 
     return values * 3 if len(values) == 1 else values
 
 
-def _build(
-    arch: str, img_size: int, num_classes: int, kwargs: dict[str, Any], drop_path_rate: float
-) -> Any:
-    """Instantiate a timm model with seeded random weights and check its input size and width.
-
-    The seed makes ``random`` reproducible (same init, same embeddings, safe to resume) and
-    leaves the caller's random state untouched. Models without an ``img_size`` argument (CNNs)
-    take any input size and are built without it.
-    """
-    options = {"num_classes": num_classes, "img_size": img_size, **kwargs}
-    if drop_path_rate:
-        options["drop_path_rate"] = drop_path_rate
-    try:
-        model = _create(arch, options)
-    except TypeError as exc:
-        if "img_size" not in str(exc) or "img_size" in kwargs:
-            raise _option_error(arch, exc) from exc
-        options.pop("img_size")
-        try:
-            model = _create(arch, options)
-        except TypeError as again:
-            raise _option_error(arch, again) from again
-    except RuntimeError as exc:
-        raise ConfigError(f"timm model {arch}: {exc}") from exc
-    patch_embed = getattr(model, "patch_embed", None)
-    patch = int(patch_embed.patch_size[0]) if patch_embed is not None else 0
-    if patch and img_size % patch:
-        lower, upper = img_size - img_size % patch, img_size - img_size % patch + patch
-        raise ConfigError(
-            f"--size {img_size} is not a multiple of the patch size {patch} of {arch} (the last "
-            f"{img_size % patch} px would be dropped); use --size {lower} or {upper}"
-        )
-    return model
-
-
-def _create(arch: str, options: dict[str, Any]) -> Any:
-    import timm
-    import torch
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(RANDOM_INIT_SEED)
-        return timm.create_model(arch, pretrained=False, **options)
-
-
-def _option_error(arch: str, exc: TypeError) -> ConfigError:
-    if "drop_path_rate" in str(exc):
-        return ConfigError(
-            f"--drop-path: timm model {arch} has no stochastic depth; drop the option"
-        )
-    return ConfigError(
-        f"timm model {arch} does not accept these options ({exc}); check --model-kwargs"
-    )
-
-
 def check_embeddable(model: Any, spec: ModelSpec) -> None:
     """Refuse extracting from a model whose pooled vector and feature map differ in width (a head
     with its own layers, e.g. MobileNetV3): ``cls`` and ``mean`` share one width in a store."""
@@ -368,12 +315,6 @@ def check_embeddable(model: Any, spec: ModelSpec) -> None:
             f"layers) and its feature map ({model.num_features}) differ in width, which one "
             "embedding store cannot hold; fine-tune it, or extract from another architecture"
         )
-
-
-def readout_of(model: Any) -> str:
-    """``"token"`` for a ViT with a class token, ``"pooled"`` for any other timm model."""
-    has_cls = getattr(model, "cls_token", None) is not None
-    return "token" if has_cls and getattr(model, "num_prefix_tokens", 0) >= 1 else "pooled"
 
 
 def _spec(

@@ -7,9 +7,8 @@ Checkpoints wrapped by training scripts (``{"model": ...}``, ``{"state_dict": ..
 converted in :func:`load_weights`: a ``cxrprobe finetune`` checkpoint gives its backbone (prefix
 stripped, head dropped), Hugging Face ``transformers`` DINOv2 checkpoints (e.g. RAD-DINO)
 are renamed to the original DINOv2 layout here, and timm's checkpoint filter converts original
-DINOv2 torch-hub checkpoints and resamples position embeddings. :func:`hub_weights_file` finds
-timm's published weights in the Hugging Face cache or downloads them, and fails within seconds
-offline.
+DINOv2 torch-hub checkpoints and resamples position embeddings. Hub weights (no file given) are
+found by :mod:`cxrprobe.hub`.
 """
 
 from __future__ import annotations
@@ -17,13 +16,11 @@ from __future__ import annotations
 import logging
 import os
 import re
-import socket
 import sys
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 from cxrprobe.errors import InputFileError, WeightsError
 from cxrprobe.provenance import sha256_file
@@ -32,7 +29,6 @@ __all__ = [
     "detect_format",
     "from_finetune",
     "from_transformers_dinov2",
-    "hub_weights_file",
     "is_dinov2_checkpoint",
     "is_finetune_checkpoint",
     "is_transformers_checkpoint",
@@ -46,7 +42,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-HUB_PROBE_TIMEOUT = 5.0  # seconds to reach the hub before giving up (huggingface_hub alone: ~47 s)
 _WRAPPER_KEYS = ("state_dict", "model", "module")
 _PREFIXES = ("module.", "_orig_mod.")
 _FINETUNE_BACKBONE, _FINETUNE_HEAD = "backbone.", "head."  # cxrprobe.finetune's Classifier
@@ -364,50 +359,3 @@ def _few(keys: list[str], n: int = 4) -> str:
 def _arch_name(model: Any) -> str:
     cfg = getattr(model, "pretrained_cfg", None) or {}
     return cfg.get("architecture") or type(model).__name__
-
-
-def hub_weights_file(pretrained_cfg: Mapping[str, Any], label: str, hint: str) -> Path:
-    """The local file of a timm model's hub weights: cached, else downloaded; fails fast offline.
-
-    ``label`` names the ``--init`` and ``hint`` the file to download, for the error message.
-    """
-    repo = pretrained_cfg.get("hf_hub_id")
-    todo = f"download {hint} and pass --weights PATH"
-    if not repo:
-        raise WeightsError(f"--init {label} has no Hugging Face hub weights; {todo}")
-    import huggingface_hub
-
-    filenames = [pretrained_cfg.get("hf_hub_filename") or "model.safetensors", "pytorch_model.bin"]
-    for filename in filenames:
-        cached = huggingface_hub.try_to_load_from_cache(repo, filename)
-        if isinstance(cached, str):
-            return Path(cached)
-    if _hub_offline():
-        raise WeightsError(
-            f"--init {label}: no weights given and the Hugging Face hub is offline; {todo}"
-        )
-    _probe_hub(label, todo)
-    try:
-        return Path(huggingface_hub.hf_hub_download(repo, filenames[0]))
-    except Exception as exc:  # network, auth and missing-file errors all end the same way
-        raise WeightsError(
-            f"--init {label}: fetching {repo} failed ({type(exc).__name__}); {todo}"
-        ) from exc
-
-
-def _hub_offline() -> bool:
-    import huggingface_hub.constants as hub
-
-    flag = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
-    return flag or bool(getattr(hub, "HF_HUB_OFFLINE", False))
-
-
-def _probe_hub(label: str, todo: str) -> None:
-    """Connect to the hub host once with a short timeout, so no network fails in seconds."""
-    import huggingface_hub.constants as hub
-
-    host = urlparse(hub.ENDPOINT).hostname or "huggingface.co"
-    try:
-        socket.create_connection((host, 443), timeout=HUB_PROBE_TIMEOUT).close()
-    except OSError as exc:
-        raise WeightsError(f"--init {label}: no network to reach {host} ({exc}); {todo}") from exc

@@ -397,7 +397,7 @@ class TestGeneric(AdapterContract):
 
     def test_misspelt_column_warns_with_the_closest_finding(self, tmp_path, caplog):
         fx.write_uka(tmp_path)
-        with caplog.at_level("WARNING", logger="cxrprobe.data.labelmap"):
+        with caplog.at_level("WARNING", logger="cxrprobe.data.label_columns"):
             df = get_adapter("generic").build(tmp_path, column_map=fx.UKA_MAP)
         warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
         assert len(warned) == 1, warned  # Comment is ignored, every other column is mapped
@@ -406,7 +406,7 @@ class TestGeneric(AdapterContract):
         assert "Cardiomegally" not in df.columns
         caplog.clear()
         quiet = {**fx.UKA_MAP, "ignore": ["Comment", "Cardiomegally"]}
-        with caplog.at_level("WARNING", logger="cxrprobe.data.labelmap"):
+        with caplog.at_level("WARNING", logger="cxrprobe.data.label_columns"):
             get_adapter("generic").build(tmp_path, column_map=quiet)
         assert not [r for r in caplog.records if r.levelname == "WARNING"]
 
@@ -415,7 +415,7 @@ class TestGeneric(AdapterContract):
             {"image_id": ["x1", "x2"], "patient_id": ["p1", "p2"], "Cardiomegally": [1, 0],
              "pleural_effusion": [0, 1]}
         ).to_csv(tmp_path / "labels.csv", index=False)  # fmt: skip
-        with caplog.at_level("WARNING", logger="cxrprobe.data.labelmap"):
+        with caplog.at_level("WARNING", logger="cxrprobe.data.label_columns"):
             df = get_adapter("generic").build(tmp_path, split="random", val_frac=0, test_frac=0.5)
         assert finding_columns(df) == ["pleural_effusion"]
         assert any("closest known finding: cardiomegaly" in r.getMessage() for r in caplog.records)

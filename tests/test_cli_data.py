@@ -228,10 +228,10 @@ def test_manifest_from_the_folder_holding_the_dataset(runner, tmp_path, monkeypa
 
 
 def test_datasets_turns_a_library_error_into_one_line(runner, monkeypatch):
-    from cxrprobe.data import readers
     from cxrprobe.data.adapters import Adapter
+    from cxrprobe.data.generic import read_generic
 
-    broken = Adapter("broken", "a test adapter", "no-such-map", readers.read_generic)
+    broken = Adapter("broken", "a test adapter", "no-such-map", read_generic)
     monkeypatch.setitem(ADAPTERS, "broken", broken)
     result = runner.invoke(main, ["datasets"])
     assert result.exit_code != 0 and isinstance(result.exception, SystemExit)

@@ -15,8 +15,8 @@ import pytest
 import cxrprobe
 
 PACKAGE = Path(cxrprobe.__file__).parent
-TOP_LEVEL = ("errors", "progress", "devices", "provenance", "outputs", "weights", "finetuned",
-             "models")  # fmt: skip
+TOP_LEVEL = ("errors", "progress", "devices", "provenance", "outputs", "weights", "hub",
+             "finetuned", "architectures", "models")  # fmt: skip
 LIBRARY = ("top", "data", "stats", "cache", "probe", "finetune")
 # floor → the floors its modules may import (its own floor is always allowed)
 ALLOWED = {

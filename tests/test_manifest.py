@@ -16,14 +16,8 @@ import pytest
 import cxrprobe.data.adapters as adapters_module
 import cxrprobe.data.labelmap as labelmap_module
 from cxrprobe.data.findings import DERIVED, FINDING_IDS, FINDINGS, get_finding, with_derived
-from cxrprobe.data.labelmap import (
-    LabelMap,
-    add_derived,
-    labels_from_columns,
-    labels_from_lists,
-    load_label_map,
-    merge_labels,
-)
+from cxrprobe.data.label_columns import labels_from_columns, labels_from_lists
+from cxrprobe.data.labelmap import LabelMap, add_derived, load_label_map, merge_labels
 from cxrprobe.data.manifest import (
     BASE_COLUMNS,
     finding_columns,

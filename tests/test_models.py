@@ -9,7 +9,7 @@ import timm
 import torch
 from timm.layers import resample_abs_pos_embed
 
-from cxrprobe import weights
+from cxrprobe import hub
 from cxrprobe.errors import ConfigError, InputFileError, WeightsError
 from cxrprobe.models import INITS, check_embeddable, create_model, resolve_init
 from cxrprobe.weights import save_state_dict
@@ -233,7 +233,7 @@ def test_no_network_fails_fast_without_a_download(no_hub):
     def unreachable(*args, **kwargs):
         raise OSError("Name or service not known")
 
-    no_hub.setattr(weights.socket, "create_connection", unreachable)
+    no_hub.setattr(hub.socket, "create_connection", unreachable)
     with pytest.raises(WeightsError, match="dinov2_vitb14_reg4_pretrain.pth"):
         create_model("dinov2-reg", model_kwargs=TINY, img_size=28)
 

@@ -17,8 +17,8 @@ from cxrprobe.data.synthetic import generate_dataset
 from cxrprobe.errors import ConfigError
 from cxrprobe.provenance import sha256_file
 from cxrprobe.stats.predictions import Predictions, read_predictions, write_predictions
-from cxrprobe.workflow.plan import Paths, Step
 from cxrprobe.workflow.state import DONE, STALE, TO_RUN, plan_states, run_plan
+from cxrprobe.workflow.steps import Paths, Step
 from tests.test_study import CONFIG, TINY, TINY16, _mean_auroc
 
 

@@ -8,23 +8,18 @@ Rows that could not be read are recorded as failures (their pixels stay 0 and ar
 ``failed``), never used as images. :func:`open_images` reads a finished cache.
 
 The output location is checked before any work, and the builder holds the store's
-:class:`~cxrprobe.outputs.WriterLock` until it is finished. Workers die with the builder (a
-SIGKILLed builder leaves nothing running) and ignore Ctrl-C, which the builder answers by
-stopping them at once; finished shards are kept either way.
+:class:`~cxrprobe.outputs.WriterLock` until it is finished. Workers
+(:mod:`cxrprobe.cache.workers`) die with the builder (a SIGKILLed builder leaves nothing
+running) and ignore Ctrl-C, which the builder answers by stopping them at once; finished shards
+are kept either way.
 """
 
 from __future__ import annotations
 
 import math
-import multiprocessing as mp
 import os
-import signal
-import sys
-import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from concurrent.futures.process import BrokenProcessPool
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -34,6 +29,7 @@ import numpy as np
 
 from cxrprobe.cache.layout import write_run_files
 from cxrprobe.cache.store import ArraySpec, RowMetadata, RowStore
+from cxrprobe.cache.workers import Tick, pool_tick, run_pool
 from cxrprobe.data.decode import image_paths
 from cxrprobe.data.manifest import (
     label_policies,
@@ -48,7 +44,7 @@ from cxrprobe.data.preprocess import (
     load_preprocessed,
     preset_config,
 )
-from cxrprobe.errors import DataFormatError, DecodeError, IncompleteStoreError, InputFileError
+from cxrprobe.errors import DataFormatError, DecodeError, InputFileError
 from cxrprobe.outputs import WriterLock, check_output_location
 from cxrprobe.progress import ProgressFactory, start_bar
 from cxrprobe.provenance import versions
@@ -59,8 +55,6 @@ SHARD_BYTES = 32 * 2**20  # default shard ≈ 32 MB of uncompressed pixels
 SHARD_DELAY_ENV = "CXRPROBE_TEST_SHARD_DELAY_S"  # test hook: seconds to sleep before each shard
 RECORDED_ERRORS = (InputFileError, DecodeError, DataFormatError)  # per-image failures, recorded
 DENSE_READ = 4  # read a shard's row range whole when at least 1 in DENSE_READ of its rows is wanted
-
-Tick = Callable[[int], Any]
 
 
 def default_shard_rows(size: int, n_rows: int = 0, workers: int = 1) -> int:
@@ -196,7 +190,7 @@ def _build(
             for task in tasks:
                 _run_shard(task, bar.update)
         else:
-            _run_pool(tasks, workers, bar.update)
+            run_pool(_run_shard, tasks, workers, bar.update, tasks[0].store)
     finally:
         bar.close()
     seconds = time.perf_counter() - started
@@ -233,50 +227,13 @@ def _task(store: RowStore, shard: int, paths: Sequence[str], cfg: PreprocessConf
     return _ShardTask(str(store.path), shard, rows.start, tuple(paths[rows]), cfg.to_dict())
 
 
-_counter: Any = None  # per worker process: a shared count of finished images
-_PR_SET_PDEATHSIG = 1  # Linux prctl option: a signal for this process when its parent dies
-
-
-def _init_worker(counter: Any, parent: int) -> None:
-    global _counter
-    _counter = counter
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
-    _die_with_parent(parent)
-
-
-def _die_with_parent(parent: int) -> None:
-    """End this worker when ``parent`` dies, so a SIGKILLed parent leaves no worker writing.
-
-    Linux delivers SIGKILL through ``prctl(PR_SET_PDEATHSIG)``; elsewhere (or if that fails) a
-    daemon thread notices the new parent pid within a second.
-    """
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL))
-    if os.getppid() != parent:  # the parent died before prctl took effect
-        os._exit(1)
-    threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
-
-
-def _watch_parent(parent: int) -> None:
-    while os.getppid() == parent:
-        time.sleep(1.0)
-    os._exit(1)
-
-
-def _count_in_pool(n: int) -> None:
-    with _counter.get_lock():
-        _counter.value += n
-
-
 def _run_shard(task: _ShardTask, tick: Tick | None = None) -> tuple[int, dict[int, str]]:
     """Compute one shard in memory and write it in one call; per-image errors become failures."""
     delay = float(os.environ.get(SHARD_DELAY_ENV) or 0)
     if delay:
         time.sleep(delay)
-    if tick is None and _counter is not None:
-        tick = _count_in_pool
+    if tick is None:
+        tick = pool_tick()
     cfg = PreprocessConfig.from_dict(task.config)
     images = np.zeros((len(task.paths), cfg.size, cfg.size), dtype=np.uint8)
     failures: dict[int, str] = {}
@@ -291,47 +248,6 @@ def _run_shard(task: _ShardTask, tick: Tick | None = None) -> tuple[int, dict[in
         task.shard, {ARRAY: images}, failures
     )
     return task.shard, failures
-
-
-def _run_pool(tasks: Sequence[_ShardTask], workers: int, tick: Tick | None) -> None:
-    """Run shards in ``workers`` spawned processes; the first error stops the run (rerun resumes)."""
-    ctx = mp.get_context("spawn")
-    counter = ctx.Value("q", 0)
-    pool = ProcessPoolExecutor(
-        max_workers=min(workers, len(tasks)),
-        mp_context=ctx,
-        initializer=_init_worker,
-        initargs=(counter, os.getpid()),
-    )
-    reported = 0
-    try:
-        futures: set[Future] = {pool.submit(_run_shard, task) for task in tasks}
-        while futures:
-            done, futures = wait(futures, timeout=0.5, return_when=FIRST_COMPLETED)
-            for future in done:
-                future.result()
-            if tick is not None:
-                value = counter.value
-                tick(value - reported)
-                reported = value
-    except BrokenProcessPool as exc:
-        _stop(pool)
-        raise IncompleteStoreError(
-            f"{tasks[0].store}: a worker process died ({exc}); finished shards are kept: run the same "
-            "command again to resume (with fewer --workers if memory ran out)"
-        ) from exc
-    except BaseException:
-        _stop(pool)
-        raise
-    pool.shutdown()
-
-
-def _stop(pool: ProcessPoolExecutor) -> None:
-    """Kill the workers now: after an error or Ctrl-C, running shards are not waited for (a
-    shard cut short has no done record and is redone on resume)."""
-    for process in list((pool._processes or {}).values()):  # no public way before Python 3.14
-        process.kill()
-    pool.shutdown(wait=True, cancel_futures=True)
 
 
 # ------------------------------------------------------------------------------------ reading

@@ -14,20 +14,9 @@ complete flag is the last thing :meth:`RowStore.finalize` writes, and a store wh
 all done is never reported complete. Write faults (full disk, read-only) become one-line
 ``OutputError`` messages. Writers hold the store's :class:`~cxrprobe.outputs.WriterLock`.
 
-A store folder is a plain Zarr v3 group (done records, ``rows.parquet`` and run records sit
-beside it: :mod:`cxrprobe.cache.layout`)::
-
-    zarr.json               group attributes under "cxrprobe": kind, identity, provenance, ...
-    ids, split, patient_id  (row,) strings copied from the manifest
-    finding                 (finding,) the finding names
-    labels                  (row, finding) float32: 1, 0, -1 uncertain, NaN not annotated
-    failed                  (row,) bool, written by finalize
-    <data arrays>           e.g. images (row, y, x) uint8 or cls (row, feature) float16
-
-Every array names its dimensions and the per-row ones name ``ids split patient_id`` as their
-coordinates, so ``xarray.open_zarr`` reads a Dataset indexed by row. A finished store's metadata
-is consolidated into its ``zarr.json`` (xarray's default read); writers open stores without it,
-and every attribute write drops it, so it never goes stale.
+A store folder is a plain Zarr v3 group whose arrays :mod:`cxrprobe.cache.arrays` describes. A
+finished store's metadata is consolidated into its ``zarr.json`` (xarray's default read);
+writers open stores without it, and every attribute write drops it, so it never goes stale.
 """
 
 from __future__ import annotations
@@ -35,13 +24,20 @@ from __future__ import annotations
 import functools
 import os
 import uuid
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
 
+from cxrprobe.cache.arrays import (
+    ROW_COORDS,
+    consolidate,
+    create_data_array,
+    write_failed,
+    write_metadata,
+    write_strings,
+)
 from cxrprobe.cache.layout import (
     DIMENSIONS,
     StoreFiles,
@@ -65,7 +61,6 @@ __all__ = ["ArraySpec", "RowMetadata", "RowStore", "upgrade_store"]
 
 T = TypeVar("T")
 FORMAT_VERSION = 2  # 2: dimension names, strict JSON attributes, bookkeeping beside the store
-ROW_COORDS = "ids split patient_id"  # the coordinates of every per-row array
 _RESUME = "; then run the same command again: finished shards are kept"
 
 
@@ -125,7 +120,7 @@ class RowStore(StoreReader):
                 }
             )
             store = cls(building, group)
-            store._write_metadata(metadata)
+            write_metadata(store.group, metadata)
             for spec in arrays:
                 store._create_data_array(spec, len(metadata))
             StoreFiles(path).remove()  # the replaced store's bookkeeping goes before it does
@@ -275,66 +270,13 @@ class RowStore(StoreReader):
             self._done_record_path(kept // self.shard_rows).unlink(missing_ok=True)
         for spec in self.array_specs:
             self.group[spec.name].resize((len(metadata), *spec.tail))
-        self._write_metadata(metadata)
+        write_metadata(self.group, metadata)
         self._attrs.pop("appending")
         self._set_attrs()
 
-    # ---------------------------------------------------------------------- metadata arrays
-    def _write_metadata(self, metadata: RowMetadata) -> None:
-        for name in ("ids", "split", "patient_id"):
-            self._write_strings(name, getattr(metadata, name))
-        self._write_strings("finding", np.array(metadata.findings, dtype=str))
-        labels = self.group.create_array(
-            "labels",
-            shape=metadata.labels.shape,
-            chunks=(max(1, min(len(metadata), 65536)), max(metadata.labels.shape[1], 1)),
-            dtype="float32",
-            fill_value=np.nan,
-            dimension_names=DIMENSIONS["labels"],
-            attributes={"findings": list(metadata.findings), "coordinates": ROW_COORDS},
-            overwrite=True,
-        )
-        if len(metadata):
-            labels[:] = metadata.labels
-        for name, values in metadata.subgroups.items():  # optional: sex, age, view
-            column = self.group.create_array(
-                name,
-                shape=(len(values),),
-                chunks=(max(1, min(len(values), 65536)),),
-                dtype=str if values.dtype.kind == "U" else values.dtype,
-                fill_value=np.nan if values.dtype.kind == "f" else None,
-                dimension_names=("row",),
-                overwrite=True,
-            )
-            if len(values):
-                column[:] = values
-
-    def _write_strings(self, name: str, values: np.ndarray) -> None:
-        """A 1-D string array (``ids``, ``split``, ``patient_id``, ``finding``)."""
-        arr = self.group.create_array(
-            name,
-            shape=(len(values),),
-            chunks=(max(1, min(len(values), 65536)),),
-            dtype=str,
-            dimension_names=DIMENSIONS[name],
-            overwrite=True,
-        )
-        if len(values):
-            arr[:] = values
-
     def _create_data_array(self, spec: ArraySpec, n_rows: int) -> None:
-        chunk_rows = max(1, min(spec.chunk_rows, self.shard_rows))
-        shard_rows = self.shard_rows - self.shard_rows % chunk_rows
-        self.group.create_array(
-            spec.name,
-            shape=(n_rows, *spec.tail),
-            chunks=(chunk_rows, *spec.tail),
-            shards=(shard_rows, *spec.tail),
-            dtype=spec.dtype,
-            fill_value=spec.fill_value,
-            dimension_names=spec.dimension_names,
-            attributes={"coordinates": ROW_COORDS},
-        )
+        """One empty data array at the store's shard size (the last step of :meth:`create`)."""
+        create_data_array(self.group, spec, n_rows, self.shard_rows)
 
     # ------------------------------------------------------------------------------ writing
     @_writes
@@ -391,17 +333,7 @@ class RowStore(StoreReader):
             self._set_attrs(complete=False)
         failed = np.zeros(self.n_rows, dtype=bool)
         failed[list(failures)] = True
-        arr = self.group.create_array(
-            "failed",
-            shape=(self.n_rows,),
-            chunks=(max(1, min(self.n_rows, 1 << 20)),),
-            dtype=bool,
-            dimension_names=DIMENSIONS["failed"],
-            attributes={"coordinates": ROW_COORDS},
-            overwrite=True,
-        )
-        if self.n_rows:
-            arr[:] = failed
+        write_failed(self.group, failed)
         metadata = self.metadata()
         write_rows_table(self.files.rows, metadata, failed)
         summary = {
@@ -413,18 +345,8 @@ class RowStore(StoreReader):
             "finalized": now_utc(),
         }
         self._set_attrs(complete=True, **summary, **(extra_attrs or {}))
-        self._consolidate()
+        consolidate(self.path)
         return summary
-
-    def _consolidate(self) -> None:
-        """Copy every array's metadata into the group's ``zarr.json``, so xarray's default read
-        needs no listing (zarr-python warns that v3 consolidation is its own extension; other
-        readers ignore it: ``must_understand`` is false)."""
-        import zarr
-
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", "Consolidated metadata", UserWarning)
-            zarr.consolidate_metadata(str(self.path))
 
     # -------------------------------------------------------------------- format-1 stores
     @_writes
@@ -437,7 +359,7 @@ class RowStore(StoreReader):
             dims = {**DIMENSIONS, **{s.name: s.dimension_names for s in self.array_specs}}
             upgrade_arrays(self.path, dims, ROW_COORDS)
             if "finding" not in self.group:
-                self._write_strings("finding", np.array(self._attrs["findings"], dtype=str))
+                write_strings(self.group, "finding", np.array(self._attrs["findings"], dtype=str))
             self._set_attrs(format_version=FORMAT_VERSION, store_id=uuid.uuid4().hex[:16])
         move_inner_bookkeeping(self.path, self.files, self.files.progress(self._attrs["store_id"]))
         if not self._progress_dir().is_dir() and self._finalized() and not self.interrupted():

@@ -36,8 +36,8 @@ def _echo_states(states: list[Any]) -> None:
 
 def _refuse_changed(states: list[Any], out: Path) -> None:
     """``--dry-run`` fails when a run would refuse steps whose settings changed."""
-    from cxrprobe.workflow.plan import Paths
     from cxrprobe.workflow.state import REFUSED, changed_settings, read_record, refusal
+    from cxrprobe.workflow.steps import Paths
 
     refused = [s.step for s in states if s.state == REFUSED]
     if refused:

@@ -1,7 +1,8 @@
 """Dataset adapters: one interface, a registry, and the generated finding × dataset table.
 
-An adapter pairs a dataset's reader (``cxrprobe.data.readers``) with its label map; ``build``
-reads the tables, checks the result and applies the shared policies (``cxrprobe.data.policies``).
+An adapter pairs a dataset's reader (``cxrprobe.data.readers``, ``cxrprobe.data.generic``) with
+its label map; ``build`` reads the tables, checks the result and applies the shared policies
+(``cxrprobe.data.policies``).
 
 Examples
 --------
@@ -22,7 +23,7 @@ from typing import Any
 
 import pandas as pd
 
-from cxrprobe.data import readers
+from cxrprobe.data import generic, readers
 from cxrprobe.data.finding_sets import finding_sets, select_findings
 from cxrprobe.data.findings import DERIVED, FINDINGS
 from cxrprobe.data.labelmap import LabelMap, packaged_label_map
@@ -133,7 +134,7 @@ ADAPTERS: dict[str, Adapter] = {
             "generic",
             "Any CSV plus a JSON column map (private or synthetic sets)",
             "generic",
-            readers.read_generic,
+            generic.read_generic,
             "a 'split' column in the CSV",
             "the CSV rows whose split column says test",
         ),

@@ -1,19 +1,19 @@
 """Turn a study config into ordered steps, each one ``cxrprobe`` command.
 
-Each step is one ``cxrprobe`` command (``manifest``, ``preprocess``, ``extract``, ``probe``,
-``finetune``, ``compare``) writing to a fixed place under the study's ``out`` folder. Its command
-line is written from the study's values through the command's own click options (the CLI hands
-its commands to :func:`build_plan`; the workflow never imports the CLI), parsed back by click,
-and the step runs the command's library call on those parsed parameters, so the printed
-command and the step run the same recipe. A step names the files it reads (``inputs``, and its
-input options' values); :mod:`cxrprobe.workflow.state` records their content with each finished
-step and decides which steps are done, to run, stale (an input changed: redone) or refused
-(settings changed). Interrupted stores and fine-tunes resume through their own resume logic.
+Each step (:class:`~cxrprobe.workflow.steps.Step`) is one ``cxrprobe`` command (``manifest``,
+``preprocess``, ``extract``, ``probe``, ``finetune``, ``compare``) writing to a fixed place under
+the study's ``out`` folder. Its command line is written from the study's values through the
+command's own click options (the CLI hands its commands to :func:`build_plan`; the workflow never
+imports the CLI), parsed back by click, and the step runs the command's library call on those
+parsed parameters, so the printed command and the step run the same recipe. A step names the
+files it reads (``inputs``, and its input options' values); :mod:`cxrprobe.workflow.state`
+records their content with each finished step and decides which steps are done, to run, stale
+(an input changed: redone) or refused (settings changed). Interrupted stores and fine-tunes
+resume through their own resume logic.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,85 +21,12 @@ from typing import Any
 from cxrprobe.errors import ConfigError
 from cxrprobe.finetuned import CHECKPOINT, RUN_PREFIX
 from cxrprobe.workflow.cells import COMPARISON_MODES, init_pairs, pretraining_order
-from cxrprobe.workflow.commands import MODEL_KEYS, Commands, command_args, command_line, parse_args
+from cxrprobe.workflow.commands import MODEL_KEYS, Commands, command_args, parse_args
 from cxrprobe.workflow.config import DatasetEntry, InitEntry, StudyConfig
+from cxrprobe.workflow.steps import Action, Paths, Progress, Step
 
 CURVE_KEYS = ("train_fraction", "repeats")  # [probe] keys of the curve steps only
-Progress = Callable[[int | None, str], Any] | None  # (total, desc) -> a tqdm-like bar
 VAL_PREDICTIONS = "val_predictions.json"  # a fine-tune's validation split, beside predictions.json
-Action = Callable[[dict[str, Any], Progress], dict[str, Any]]  # (parsed params, progress)
-
-
-@dataclass
-class Step:
-    """One unit of the study: one command for one dataset (and init), with its output and settings.
-
-    ``settings`` are the values the study gives the command (by option name), ``args`` the
-    command line they make and ``params`` what click parses from it, which ``run`` uses.
-    ``inputs`` are files the step reads beyond its input options' values (see
-    :func:`cxrprobe.workflow.state.inputs_of`): their content is recorded, and the step is redone
-    when it changes. ``where`` names the place in the study config that sets each option (by
-    key; ``options``: the table of the others, default ``[STAGE]``), for pre-flight messages."""
-
-    key: str
-    stage: str
-    output: Path
-    settings: dict[str, Any]
-    args: list[str]
-    params: dict[str, Any] = field(repr=False)
-    action: Action = field(repr=False)
-    inputs: tuple[Path, ...] = ()
-    where: dict[str, str] = field(default_factory=dict, repr=False)
-
-    @property
-    def command(self) -> str:
-        """The equivalent single command."""
-        return command_line(self.stage, self.args)
-
-    def run(self, progress: Progress, replace: bool = False) -> dict[str, Any]:
-        """Run the step's library call on its parsed parameters; returns its summary.
-        ``replace``: the old output is stale, so the command's ``--overwrite`` is set (a command
-        without one replaces its output files anyway)."""
-        params = dict(self.params)
-        if replace and "overwrite" in params:
-            params["overwrite"] = True
-        return self.action(params, progress)
-
-
-@dataclass(frozen=True)
-class Paths:
-    """Where each stage writes, under the study's ``out`` folder."""
-
-    out: Path
-
-    def manifest(self, ds: str) -> Path:
-        return self.out / ds / "manifest.parquet"
-
-    def images(self, ds: str, size: int) -> Path:
-        return self.out / ds / f"images_{size}.zarr"
-
-    def embeddings(self, ds: str, init: str) -> Path:
-        return self.out / ds / init / "embeddings.zarr"
-
-    def predictions(self, ds: str, init: str, method: str) -> Path:
-        folder = self.out / ds / init / method
-        return folder / "predictions.json"
-
-    def curve(self, ds: str, init: str) -> Path:
-        """The ``--out`` of an init's label-efficiency curve: its points and ``curve.json`` go in
-        the folder ``<init>/curve/``."""
-        return self.out / ds / init / "curve.json"
-
-    def pretraining(self, ds: str, init: str) -> Path:
-        """The test predictions of the run that makes ``init`` (its run folder is the parent;
-        ``_`` cannot start an init name, so no cell shares it)."""
-        return self.out / ds / "_pretrain" / init / "predictions.json"
-
-    def comparison(self, ds: str, a: str, b: str) -> Path:
-        return self.out / ds / "compare" / f"{b.replace('/', '-')}_vs_{a.replace('/', '-')}.json"
-
-    def record(self, key: str) -> Path:
-        return self.out / ".steps" / (key.replace("/", "__") + ".json")
 
 
 @dataclass(frozen=True)

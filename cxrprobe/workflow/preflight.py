@@ -30,8 +30,8 @@ from typing import Any
 from cxrprobe.errors import ConfigError, CxrprobeError
 from cxrprobe.finetuned import RUN_PREFIX
 from cxrprobe.workflow.commands import PROVIDED, Commands, stage_params
-from cxrprobe.workflow.plan import Step
 from cxrprobe.workflow.state import INPUT_OPTIONS, written_by
+from cxrprobe.workflow.steps import Step
 
 READ_OPTIONS = INPUT_OPTIONS | {"root"}  # options naming what a step reads (root: raw images)
 Problem = tuple[str, str]  # (where in the config, what is wrong and what to do)

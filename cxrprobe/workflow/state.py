@@ -18,11 +18,8 @@ each step is
 A step's inputs are the files or stores named by its options in :data:`INPUT_OPTIONS`, every
 path among its settings that an earlier step of the plan writes (its output, or inside its
 ``out``), and ``Step.inputs`` (a builder names there what no option names, e.g. a pretraining
-run's checkpoint). Identities: a store (a folder with ``zarr.json``) by its kind, id, identity,
-creation time, row count and completion flag (no data is read); a file by the sha256 of its
-bytes (not read again while its size and modification time are as recorded); another folder by
-the sha256 of its files. The dataset root and hub weights are not inputs: a changed raw dataset
-is not noticed.
+run's checkpoint); their content identities come from :mod:`cxrprobe.workflow.identity`. The
+dataset root and hub weights are not inputs: a changed raw dataset is not noticed.
 
 A study folder may be moved or copied (scratch to project space, another mount): records hold
 absolute paths, so a record is read through the :class:`Move` its own ``output`` implies (the
@@ -32,7 +29,6 @@ the same setting or input when it is equal as written or once moved.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -41,9 +37,10 @@ from pathlib import Path
 from typing import Any
 
 from cxrprobe.errors import ConfigError, DataFormatError
-from cxrprobe.provenance import atomic_write_json, now_utc, sha256_file, to_jsonable
+from cxrprobe.provenance import atomic_write_json, now_utc, to_jsonable
+from cxrprobe.workflow.identity import Identity, identity, same
 from cxrprobe.workflow.moves import Move, same_setting
-from cxrprobe.workflow.plan import Paths, Progress, Step
+from cxrprobe.workflow.steps import Paths, Progress, Step
 
 RECORD_FORMAT = "cxrprobe.step-record"
 RECORD_VERSION = 3
@@ -69,81 +66,7 @@ INPUT_OPTIONS = frozenset(
     }
 )
 DONE, TO_RUN, STALE, REFUSED = "done", "to run", "stale", "refused"
-_STORE_KEYS = ("kind", "store_id", "identity", "created", "rows", "complete", "appending")
-
-Identity = dict[str, Any]
 OnStep = Callable[[Step, str, str], Any] | None  # (step, "skipped" | "running" | "redoing", why)
-
-
-# ------------------------------------------------------------------------------- identities
-def identity(path: str | os.PathLike, known: Mapping[str, Any] | None = None) -> Identity | None:
-    """The content identity of a file, store or folder (None when it does not exist).
-
-    ``known`` is the identity recorded earlier: a file whose size and modification time still
-    match it is not read again."""
-    path = Path(path)
-    if path.is_file():
-        return _file_identity(path, known)
-    if not path.is_dir():
-        return None
-    meta = path / "zarr.json"
-    if meta.is_file():
-        try:
-            attrs = json.loads(meta.read_text())["attributes"]["cxrprobe"]
-            content: Any = {k: attrs.get(k) for k in _STORE_KEYS}
-        except (ValueError, KeyError, TypeError):
-            content = meta.read_bytes().hex()
-        return {"kind": "store", "digest": _digest(content)}
-    before = (known or {}).get("files", {})
-    files = {
-        name: _file_identity(p, before.get(name))
-        for p in sorted(path.rglob("*"))
-        if p.is_file() and not _bookkeeping(p.relative_to(path))
-        for name in [p.relative_to(path).as_posix()]
-    }
-    return {
-        "kind": "folder",
-        "digest": _digest({name: f["digest"] for name, f in files.items()}),
-        "files": files,
-    }
-
-
-def _file_identity(path: Path, known: Mapping[str, Any] | None) -> Identity:
-    stat = path.stat()
-    if (
-        known
-        and known.get("kind") == "file"
-        and known.get("size") == stat.st_size
-        and known.get("mtime_ns") == stat.st_mtime_ns
-    ):
-        return dict(known)
-    return {
-        "kind": "file",
-        "digest": sha256_file(path),
-        "size": stat.st_size,
-        "mtime_ns": stat.st_mtime_ns,
-    }
-
-
-def _bookkeeping(relative: Path) -> bool:
-    """Lock files and hidden temporaries, which say nothing about a folder's content."""
-    return any(part.startswith(".") for part in relative.parts) or relative.name.endswith(
-        (".lock", ".lock.json")
-    )
-
-
-def _digest(content: Any) -> str:
-    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
-
-
-def same(a: Mapping[str, Any] | None, b: Mapping[str, Any] | None) -> bool:
-    """Whether two identities name the same content (a missing one matches nothing)."""
-    return (
-        a is not None
-        and b is not None
-        and a.get("kind") == b.get("kind")
-        and a.get("digest") == b.get("digest")
-    )
 
 
 # ------------------------------------------------------------------------------------- moves
