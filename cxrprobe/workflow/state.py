@@ -170,7 +170,11 @@ def assess(step: Step, paths: Paths, inputs: Sequence[Path]) -> StepState:
     show = _shower(paths.out)
     saved = read_record(paths.record(step.key))
     if saved is None:
-        why = "not finished: the command resumes it" if step.output.exists() else "not run yet"
+        why = (
+            "its output exists without a step record: the command runs again, resuming what it can"
+            if step.output.exists()
+            else "not run yet"
+        )
         return StepState(step, TO_RUN, (why,))
     changed = changed_settings(step, saved)
     if changed:
