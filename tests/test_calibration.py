@@ -90,6 +90,75 @@ def test_reports_carry_calibration_with_intervals_and_the_difference():
     assert sum(b["n"] for b in table) == int((~np.isnan(targets[:, 0])).sum()) and len(table) == 5
 
 
+def _resampled(y: np.ndarray, p: np.ndarray, bins: int, rows: np.ndarray) -> tuple[float, float]:
+    """Brier and ECE of one label on the resample that draws ``rows``, bins fixed on all rows."""
+    keep = np.flatnonzero(~np.isnan(y))
+    order = keep[np.argsort(p[keep], kind="stable")]
+    w = np.bincount(rows, minlength=len(y)).astype(float)
+    total = w[keep].sum()
+    if total == 0:
+        return np.nan, np.nan
+    brier = np.sum(w[keep] * (p[keep] - y[keep]) ** 2) / total
+    ece = sum(abs(np.sum(w[b] * (y[b] - p[b]))) for b in np.array_split(order, bins)) / total
+    return brier, ece
+
+
+def test_ece_gets_basic_intervals_and_a_bias_corrected_value_like_numpy():
+    """Against a bootstrap written out in numpy: the same resamples, ECE per resample from its
+    drawn rows, then basic limits 2 ECE - percentiles (clipped at 0 for each model, not for
+    B - A) and 2 ECE - mean of the resamples; Brier keeps percentile limits."""
+    from cxrprobe.stats.bootstrap import make_resampler
+
+    targets, pa = _data(1)
+    _, pb = _data(2)
+    a, b = (
+        Predictions(LABELS, [f"i{k}" for k in range(137)], targets, p, "probability")
+        for p in (pa, pb)
+    )
+    options = BootstrapOptions(resamples=200, seed=3, device="cpu", ece_bins=5)
+    report = compare_predictions(a, b, options)
+    resampler = make_resampler(137, 200, seed=3)
+    draws = [resampler.indices(r) for r in range(200)]
+    samples = {  # (B, 2, L + 1): Brier and ECE per label, then the mean over labels
+        key: np.array(
+            [[_resampled(targets[:, c], scores[:, c], 5, rows) for c in range(3)] for rows in draws]
+        ).transpose(0, 2, 1)
+        for key, scores in (("a", pa), ("b", pb))
+    }
+    point = {}
+    for key in samples:
+        samples[key] = np.concatenate([samples[key], samples[key].mean(2, keepdims=True)], 2)
+        rows = report["calibration"][key]["labels"] + [report["calibration"][key]["mean"]]
+        point[key] = np.array([[r["brier"] for r in rows], [r["ece"] for r in rows]])
+    for key in ("a", "b", "difference"):
+        boot = samples["b"] - samples["a"] if key == "difference" else samples[key]
+        est = point["b"] - point["a"] if key == "difference" else point[key]
+        floor = -np.inf if key == "difference" else 0.0
+        block = report["calibration"][key]
+        for k, row in enumerate(block["labels"] + [block["mean"]]):
+            q_lo, q_hi = np.percentile(boot[:, :, k], [2.5, 97.5], axis=0)
+            np.testing.assert_allclose(row["brier_ci"], [q_lo[0], q_hi[0]], atol=1e-12)
+            basic = np.maximum([2 * est[1, k] - q_hi[1], 2 * est[1, k] - q_lo[1]], floor)
+            np.testing.assert_allclose(row["ece_ci"], basic, atol=1e-12)
+            corrected = max(2 * est[1, k] - boot[:, 1, k].mean(), floor)
+            assert row["ece_bias_corrected"] == pytest.approx(corrected, abs=1e-12)
+    assert report["calibration_method"]["intervals"]["brier"] == "percentile"
+
+
+def test_a_calibrated_model_gets_an_ece_interval_below_its_biased_plain_ece():
+    """The QA finding (y drawn with probability p, true ECE near 0): resampled ECEs lie above the
+    plain ECE, so a percentile CI sits above it; the basic CI is centred below it, around the
+    bias-corrected value."""
+    rng = np.random.default_rng(5)
+    p = rng.beta(2, 5, 400)
+    y = (rng.random(400) < p).astype(float)
+    pred = Predictions(["x"], [f"i{k}" for k in range(400)], y[:, None], p[:, None], "probability")
+    row = evaluate_predictions(pred, BootstrapOptions(resamples=200, device="cpu"))["calibration"]
+    row = row["labels"][0]
+    assert row["ece_bias_corrected"] < row["ece"] and sum(row["ece_ci"]) / 2 < row["ece"]
+    assert row["ece_ci"][0] <= row["ece_bias_corrected"] <= row["ece_ci"][1]
+
+
 def test_logit_scores_get_no_calibration_and_say_why(tmp_path):
     targets, p = _data()
     logits = np.log(np.clip(p, 0.01, 0.99) / (1 - np.clip(p, 0.01, 0.99)))
@@ -119,5 +188,9 @@ def test_reliability_plot_is_written_with_its_record(tmp_path):
     )
     assert result.exit_code == 0, result.output
     assert out.read_bytes()[:4] == b"\x89PNG" and (tmp_path / "r.png.run.json").is_file()
-    assert "Calibration (Brier score, ECE):" in result.stdout
+    assert (
+        "Calibration: Brier score [95% CI, percentile]; ECE (bias-corrected) [95% CI, basic]:"
+        in (result.stdout)
+    )
+    assert "ECE: binned ECE is biased upward" in result.stdout
     assert reliability_table(LABELS, targets, p, 4)[2]["label"] == "nodule"

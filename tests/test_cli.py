@@ -57,7 +57,10 @@ def _params(name: str, args: list[str]) -> dict:
     ],
 )
 def test_old_option_spellings_parse_as_the_new_ones_with_a_warning(name, old, new, capsys):
-    required = {"finetune": ["--out", "run"], "manifest": ["generic", "--root", "data", "-o", "x"]}
+    required = {
+        "finetune": ["--init", "random", "--out", "run"],
+        "manifest": ["generic", "--root", "data", "-o", "x"],
+    }
     base = required[name]
     assert _params(name, [*base, *old]) == _params(name, [*base, *new])
     warning = capsys.readouterr().err
@@ -120,3 +123,33 @@ def test_choices_and_init_help_come_from_the_library_registries():
             assert f"{init.name}: {init.description}" in text
     bad = CliRunner().invoke(main, ["probe", "--store", "s", "--out", "o.json", "--backend", "x"])
     assert bad.exit_code == 2 and "'x' is not one of 'torch', 'sklearn', 'cuml'" in bad.output
+
+
+def _example_lines(command: click.Command) -> list[str]:
+    """The command lines of a docstring's ``Example:`` block, as written (``\\b`` markers out)."""
+    block = (command.help or "").split("Example:", 1)[1]
+    return [line.strip() for line in block.splitlines() if line.strip() not in ("", "\b")]
+
+
+@pytest.mark.parametrize("name", ["", *sorted(main.commands)])
+def test_every_example_line_is_printed_intact_by_help(name):
+    command = main.commands[name] if name else main
+    lines = _example_lines(command)
+    starts = [line for k, line in enumerate(lines) if k == 0 or not lines[k - 1].endswith("\\")]
+    assert lines and all(line.startswith(("cxrprobe ", "torchrun ")) for line in starts), lines
+    printed = CliRunner().invoke(main, [*([name] if name else []), "--help"]).output
+    shown = {line.strip() for line in printed.split("Example:", 1)[1].splitlines()}
+    assert [line for line in lines if line not in shown] == []  # not re-wrapped or joined
+
+
+@pytest.mark.parametrize("alpha", ["2", "1", "0", "-1"])
+@pytest.mark.parametrize("name", ["compare", "evaluate", "report"])
+def test_alpha_outside_zero_one_is_a_usage_error(name, alpha, tmp_path):
+    args = [
+        str(tmp_path / p.name)
+        for p in main.commands[name].params
+        if p.param_type_name == "argument"
+    ]
+    result = CliRunner().invoke(main, [name, *args, "--alpha", alpha])
+    assert result.exit_code == 2, result.output
+    assert "Invalid value for '--alpha'" in result.output and "0<x<1" in result.output

@@ -508,6 +508,19 @@ def test_rare_labels_leave_the_fdr_family_unless_included():
     )
 
 
+@pytest.mark.parametrize("command", ["compare", "evaluate"])
+def test_a_warning_is_printed_once_on_stderr_and_kept_in_the_markdown(command, tmp_path):
+    targets, a, b = _rare_and_constant()
+    files = [_write(tmp_path / "a.json", targets, a), _write(tmp_path / "b.json", targets, b)]
+    md = tmp_path / "r.md"
+    args = files if command == "compare" else files[:1]
+    result = _run(command, *args, "-B", 50, "--device", "cpu", "--markdown", md)
+    assert result.exit_code == 0, result.output
+    rare = "1 rare label(s) with fewer than 10 positive or negative rows: mass"
+    assert result.output.count(rare) == 1 and f"Warning: {rare}" in result.stderr
+    assert md.read_text().count(rare) == 1
+
+
 def test_constant_scores_are_flagged_and_left_out_of_the_mean():
     targets, a, b = _rare_and_constant()
     report = compare_predictions(

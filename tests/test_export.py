@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import h5py
 import numpy as np
 import pytest
+import zarr
 from click.testing import CliRunner
 
 from cxrprobe.cache.embeddings import create_embeddings
@@ -58,6 +60,28 @@ def test_npz_round_trip(tmp_path, emb):
         np.testing.assert_array_equal(npz["failed"], emb.failed)
         assert json.loads(str(npz["provenance"])) == emb.provenance
         assert npz["findings"].tolist() == list(emb.findings)
+
+
+def test_subgroup_fields_are_exported_as_stored(tmp_path):
+    meta = metadata()
+    sex = np.array([("F", "M", "")[i % 3] for i in range(len(meta))])
+    age = np.where(np.arange(len(meta)) % 4 == 0, np.nan, 20.0 + np.arange(len(meta)))
+    subgroups = {"sex": sex, "age": age.astype(np.float32), "view": np.full(len(meta), "PA")}
+    store = create_embeddings(
+        tmp_path / "emb.zarr",
+        dataclasses.replace(meta, subgroups=subgroups),
+        features(),
+        shard_rows=4,
+    )
+    group = zarr.open_group(str(store.path), mode="r")
+    with h5py.File(export_h5(store, tmp_path / "e.h5"), "r") as h5:
+        assert h5["sex"].asstr()[:].tolist() == group["sex"][:].tolist() == sex.tolist()
+        assert h5["view"].asstr()[:].tolist() == ["PA"] * len(meta)
+        assert h5["age"].dtype == np.float32 and h5["age"].attrs["encoding"] == "NaN unknown"
+        np.testing.assert_array_equal(h5["age"][:], age.astype(np.float32))
+    with np.load(export_npz(store, tmp_path / "e.npz")) as npz:
+        assert npz["sex"].tolist() == sex.tolist() and npz["view"].tolist() == ["PA"] * len(meta)
+        np.testing.assert_array_equal(npz["age"], group["age"][:])
 
 
 def test_soft_labels_are_kept_as_float():

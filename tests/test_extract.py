@@ -423,7 +423,12 @@ def test_cli_extract_from_raw_files(data, tmp_path):
         ),
         (["info", "nowhere.zarr"], 1, "not a cxrprobe store"),
         (["export", "{emb}"], 2, "exactly one of --h5"),
-        (["export", "{images}", "--npz", "x.npz"], 1, "expected a 'embeddings' store"),
+        (
+            ["export", "{images}", "--npz", "x.npz"],
+            1,
+            "is an image cache (from `cxrprobe preprocess`), but this takes an embedding store "
+            "(from `cxrprobe extract`)",
+        ),
     ],
 )
 def test_cli_errors_are_one_line_messages(data, tmp_path, monkeypatch, args, code, message):

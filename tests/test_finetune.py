@@ -199,14 +199,47 @@ def test_nearest_rotation_only_moves_pixels():
         augment.rotate(images, torch.zeros(2), mode="bicubic")
 
 
-def test_random_augmentation_is_reproducible_from_the_generator_state():
+def _splitmix64(z: int) -> int:
+    """SplitMix64 (Steele, Lea & Flood 2014) on a Python int: the slow reference."""
+    mask = (1 << 64) - 1
+    z = (z + 0x9E3779B97F4A7C15) & mask
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
+    return z ^ (z >> 31)
+
+
+def _reference_uniform(seed: int, epoch: int, row: int, k: int) -> float:
+    key = _splitmix64(_splitmix64(seed) ^ epoch)
+    z = _splitmix64((_splitmix64(key ^ row) + k * 0x9E3779B97F4A7C15) & ((1 << 64) - 1))
+    return (z >> 11) * 2.0**-53
+
+
+def test_augmentation_draws_depend_only_on_seed_epoch_and_row():
+    rows = np.array([17, 3, 250_000, 0, 3])
+    draws = augment.row_uniforms(5, 2, rows)
+    expected = [[_reference_uniform(5, 2, int(r), k) for k in range(2)] for r in rows]
+    assert draws.tolist() == expected  # bit-exact against the Python-int reference
+    # the same row gets the same draws in any batch (so in any process); other epochs and
+    # seeds draw anew
+    np.testing.assert_array_equal(augment.row_uniforms(5, 2, rows[::-1]), draws[::-1])
+    np.testing.assert_array_equal(augment.row_uniforms(5, 2, torch.tensor([3])), draws[1:2])
+    assert not np.isin(augment.row_uniforms(5, 3, rows), draws).any()
+    assert not np.isin(augment.row_uniforms(6, 2, rows), draws).any()
+    many = augment.row_uniforms(0, 0, np.arange(20_000))
+    assert many.min() >= 0 and many.max() < 1
+    np.testing.assert_allclose(many.mean(axis=0), 0.5, atol=0.01)
+    assert abs(np.corrcoef(many.T)[0, 1]) < 0.03  # flip and angle draws are unrelated
+
+
+def test_random_flip_rotate_follows_its_draws():
     images = torch.rand(4, 3, 8, 8)
-    gen = torch.Generator().manual_seed(3)
-    state = gen.get_state()
-    first = augment.random_flip_rotate(images, gen)
-    gen.set_state(state)
-    assert torch.equal(augment.random_flip_rotate(images, gen), first)
-    assert not torch.equal(augment.random_flip_rotate(images, gen), first)
+    draws = np.array([[0.1, 0.5], [0.9, 0.5], [0.49, 0.5], [0.5, 0.5]])  # angle draw 0.5: 0°
+    out = augment.random_flip_rotate(images, draws, flip_p=0.5, max_degrees=7.0)
+    flipped = torch.tensor([True, False, True, False])
+    assert torch.equal(out[flipped], images[flipped].flip(-1))
+    assert torch.equal(out[~flipped], images[~flipped])
+    turned = augment.random_flip_rotate(images, np.array([[1.0, 1.0]] * 4), 0.5, 7.0)
+    assert torch.allclose(turned, augment.rotate(images, torch.full((4,), 7.0)))
 
 
 # ------------------------------------------------------------------ sharding and checkpoints
@@ -223,29 +256,18 @@ def test_shard_order_equals_distributed_sampler(n, world):
 
 
 def test_rng_states_round_trip_through_a_weights_only_checkpoint(tmp_path):
-    gen = torch.Generator().manual_seed(1)
     checkpoint.seed_everything(4)
     random.gauss(0, 1)  # leaves a cached Gaussian in Python's state
-    state = checkpoint.capture_rng(gen, torch.device("cpu"))
-    path = checkpoint.save_checkpoint(tmp_path / "c.pt", {"rng": state, "epoch": 3})
-    draws = (
-        random.random(),
-        np.random.rand(),
-        torch.rand(2),
-        torch.rand(2, generator=gen),
-        random.gauss(0, 1),
-    )
+    state = checkpoint.capture_rng(torch.device("cpu"))
+    # saved as every rank's states stacked (world, ...): this is rank 1's row
+    stacked = {k: torch.stack([torch.zeros_like(v), v]) for k, v in state.items()}
+    path = checkpoint.save_checkpoint(tmp_path / "c.pt", {"rng": stacked, "epoch": 3})
+    draws = (random.random(), np.random.rand(), torch.rand(2), random.gauss(0, 1))
     loaded = checkpoint.load_checkpoint(path)
-    checkpoint.restore_rng(loaded["rng"], gen, torch.device("cpu"))
-    again = (
-        random.random(),
-        np.random.rand(),
-        torch.rand(2),
-        torch.rand(2, generator=gen),
-        random.gauss(0, 1),
-    )
-    assert draws[:2] == again[:2] and draws[4] == again[4]
-    assert torch.equal(draws[2], again[2]) and torch.equal(draws[3], again[3])
+    checkpoint.restore_rng({k: v[1] for k, v in loaded["rng"].items()}, torch.device("cpu"))
+    again = (random.random(), np.random.rand(), torch.rand(2), random.gauss(0, 1))
+    assert draws[:2] == again[:2] and draws[3] == again[3]
+    assert torch.equal(draws[2], again[2])
 
 
 def test_load_checkpoint_refuses_pickled_objects(tmp_path):
@@ -289,6 +311,27 @@ def test_resume_continues_exactly_like_the_uninterrupted_run(source, tmp_path):
     a = read_predictions(tmp_path / "whole" / "predictions.json").scores
     b = read_predictions(tmp_path / "parts" / "predictions.json").scores
     np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_resuming_a_finished_run_leaves_it_as_it_is(source, tmp_path):
+    config = tiny_config(epochs=1)
+    out = tmp_path / "run"
+    finetune(config, source, out)
+    # as a run finished under torchrun records it (this process has world size 1)
+    summary = json.loads((out / "summary.json").read_text())
+    (out / "summary.json").write_text(json.dumps({**summary, "world_size": 2}))
+    before = {p.name: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    again = finetune(config, source, out, resume=True)
+    assert again.unchanged and again.finished and again.summary["world_size"] == 2
+    assert {p.name: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    with pytest.raises(ConfigError, match="other settings.*lr"):
+        finetune(replace(config, lr=1e-4), source, out, resume=True)
+    # killed after its last checkpoint but before its predictions: resuming scores it
+    scores = read_predictions(out / "predictions.json").scores
+    (out / "predictions.json").unlink()
+    rescored = finetune(config, source, out, resume=True)
+    assert rescored.finished and not rescored.unchanged
+    np.testing.assert_array_equal(read_predictions(out / "predictions.json").scores, scores)
 
 
 def test_the_best_epoch_is_chosen_on_validation_never_on_test(source, tmp_path, monkeypatch):
@@ -473,6 +516,11 @@ def test_cli_option_errors(cache_dataset, tmp_path):
     assert bad_json.exit_code == 2 and "--model-kwargs" in bad_json.output
     helped = runner.invoke(main, ["finetune", "--help"])
     assert helped.exit_code == 0 and "Example:" in helped.output
+    no_init = _cli_args(tmp_path / "a", "--images", str(folder / "images.zarr"))
+    del no_init[1:3]  # "--init", "random": like extract, finetune never picks a model itself
+    forgot = runner.invoke(main, no_init)
+    assert forgot.exit_code == 2 and "Missing option '--init'" in forgot.output
+    assert not (tmp_path / "a").exists()
 
 
 # ------------------------------------------------------------------ --findings, --uncertain, --blank

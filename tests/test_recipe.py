@@ -84,7 +84,8 @@ def one_thread():
 
 
 def _cli_config(*args: str) -> FinetuneConfig:
-    params = main.commands["finetune"].make_context("finetune", [*args, "--out", "run"]).params
+    words = ["--init", "random", *args, "--out", "run"]
+    params = main.commands["finetune"].make_context("finetune", words).params
     return finetune_config(params)
 
 
@@ -212,6 +213,8 @@ def test_a_study_recipe_run_feeds_plain_pixels_in_float32_and_keeps_the_lowest_v
     record = json.loads((tmp_path / "run" / "run.json").read_text())["config"]
     assert record["recipe"] == "study" and record["plan"]["precision"] == "fp32"
     assert record["mean"] == [0.0, 0.0, 0.0] and record["std"] == [1.0, 1.0, 1.0]
+    assert record["model"]["normalization"] == "recipe study: none ([0, 1] input)"
+    assert (record["model"]["mean"], record["model"]["std"]) == ([0.0] * 3, [1.0] * 3)
     assert "batch_size" in record["recipe_filled"] and "epochs" not in record["recipe_filled"]
     summary = result.summary
     assert summary["recipe"] == "study" and summary["select_by"] == "loss"
@@ -230,6 +233,16 @@ def test_a_study_recipe_run_feeds_plain_pixels_in_float32_and_keeps_the_lowest_v
     bce = -(pos_weight * y * np.log(p) + (1 - y) * np.log(1 - p))
     assert bce.mean() == pytest.approx(min(losses), rel=1e-4)
     assert summary["best_val_loss"] == pytest.approx(min(losses), rel=1e-6)
+
+
+def test_the_recorded_normalisation_names_who_set_it():
+    from cxrprobe.finetune.trainer import recipe_normalization
+
+    study = FinetuneConfig.from_recipe("study", init="random")
+    assert recipe_normalization(study) == "recipe study: none ([0, 1] input)"
+    given = FinetuneConfig.from_recipe("study", init="random", mean=(0.5,), std=(0.25,))
+    assert recipe_normalization(given) is None  # the model spec says --mean/--std
+    assert recipe_normalization(FinetuneConfig.from_recipe("modern", init="random")) is None
 
 
 def test_a_run_started_before_recipes_existed_resumes_as_modern(tmp_path):

@@ -4,6 +4,9 @@ Both formats hold the same things (``docs/embeddings.md``):
 
 ``features/cls``, ``features/mean``, ``features/layers``  float32 (failed rows NaN)
 ``ids``, ``split``, ``patient_id``                         strings (HDF5: variable-length UTF-8)
+``sex``, ``view``; ``age``                                 where the store has them (subgroup
+                                                           fields for ``--by``): strings, '' unknown;
+                                                           float32, NaN unknown
 ``labels``                                                 (n, L): 1 positive, 0 negative, -1
                                                            uncertain, not annotated as NaN (npz,
                                                            float32) or ``LABEL_MISSING`` (HDF5,
@@ -28,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from cxrprobe.cache.embeddings import Embeddings, open_embeddings
+from cxrprobe.cache.rows import NUMERIC_SUBGROUPS
 from cxrprobe.provenance import to_jsonable, write_run_record
 
 LABEL_MISSING = -128  # int8 code of "not annotated" in HDF5 labels
@@ -47,6 +51,14 @@ def _write_record(emb: Embeddings, out: Path, kind: str, record: Mapping[str, An
     if record is None:
         record = {"store": Path(emb.path), **{k: out if k == kind else None for k in ("h5", "npz")}}
     write_run_record(out.with_name(out.name + ".run.json"), "cxrprobe export", record)
+
+
+def _subgroups(emb: Embeddings) -> dict[str, np.ndarray]:
+    """The store's subgroup fields (sex, age, view, those it has), in the export's encoding."""
+    return {
+        name: values.astype(np.float32) if name in NUMERIC_SUBGROUPS else values
+        for name, values in emb.metadata().subgroups.items()
+    }
 
 
 def encode_labels(labels: np.ndarray) -> np.ndarray:
@@ -95,6 +107,14 @@ def export_h5(
                 ("patient_id", emb.patient_ids),
             ):
                 h5.create_dataset(name, data=values.astype(object), dtype=text)
+            for name, values in _subgroups(emb).items():
+                numeric = name in NUMERIC_SUBGROUPS
+                field = h5.create_dataset(
+                    name,
+                    data=values if numeric else values.astype(object),
+                    dtype=None if numeric else text,
+                )
+                field.attrs["encoding"] = "NaN unknown" if numeric else "'' unknown"
             labels = h5.create_dataset("labels", data=encode_labels(emb.labels))
             labels.attrs["encoding"] = (
                 f"1 positive, 0 negative, -1 uncertain, {LABEL_MISSING} (int8) or NaN not annotated"
@@ -133,6 +153,7 @@ def export_npz(
         patient_id=emb.patient_ids,
         labels=emb.labels,
         failed=emb.failed,
+        **_subgroups(emb),
         findings=np.array(emb.findings, dtype=str),
         provenance=np.array(_json(emb.provenance)),
         identity=np.array(_json(emb.identity)),

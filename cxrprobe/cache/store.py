@@ -62,6 +62,10 @@ __all__ = ["ArraySpec", "RowMetadata", "RowStore", "upgrade_store"]
 T = TypeVar("T")
 FORMAT_VERSION = 2  # 2: dimension names, strict JSON attributes, bookkeeping beside the store
 _RESUME = "; then run the same command again: finished shards are kept"
+KIND_NAMES = {  # what each store kind is, for messages
+    "images": "an image cache (from `cxrprobe preprocess`)",
+    "embeddings": "an embedding store (from `cxrprobe extract`)",
+}
 
 
 def _writes(method: Callable[..., T]) -> Callable[..., T]:
@@ -155,7 +159,9 @@ class RowStore(StoreReader):
             )
         store = cls(path, group)
         if kind is not None and store.kind != kind:
-            raise DataFormatError(f"{path}: holds {store.kind!r}, expected a {kind!r} store")
+            found = KIND_NAMES.get(store.kind, f"a cxrprobe {store.kind!r} store")
+            wanted = KIND_NAMES.get(kind, f"a cxrprobe {kind!r} store")
+            raise DataFormatError(f"{path} is {found}, but this takes {wanted}")
         return store
 
     @classmethod

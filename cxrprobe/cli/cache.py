@@ -160,8 +160,9 @@ def export(store, h5, npz) -> None:
     """Export an embedding store to HDF5 or .npz (float32 features, ids, labels, provenance).
 
     HDF5 holds features/cls, features/mean (and features/layers), ids, split and patient_id as
-    UTF-8 strings, labels as int8 (-128 = not annotated), failed, and provenance as JSON
-    attributes. OUT.run.json records the command.
+    UTF-8 strings, the subgroup fields the store has (sex, view as strings, age as float32),
+    labels as int8 (-128 = not annotated), failed, and provenance as JSON attributes. STORE is
+    an embedding store from `cxrprobe extract`. OUT.run.json records the command.
 
     Example:
 

@@ -66,7 +66,7 @@ def _shown(value: Any) -> str:
 
 
 @click.command(cls=RenamingCommand, renamed=_RENAMED)
-@model_options(init_default="dinov2")
+@model_options()
 @image_source_options(raw_settings=True)
 @click.option(
     "--recipe",
@@ -220,7 +220,12 @@ def finetune(**params: Any) -> None:
         result = run_finetune(params, progress_in("step"))
     if is_main_rank():
         click.echo(format_summary(result.summary))
-        if result.finished:
+        if result.unchanged:
+            click.echo(
+                f"{out} holds this run finished already; left as it is (its run.json and "
+                "summary.json say how it was trained)"
+            )
+        elif result.finished:
             click.echo(f"wrote {out / 'predictions.json'} (test split) and {out / 'summary.json'}")
 
 

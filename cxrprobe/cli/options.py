@@ -129,6 +129,18 @@ def seed_option(help: str) -> Callable:
     )
 
 
+def alpha_option(help: str) -> Callable:
+    """``--alpha``, a significance level strictly between 0 and 1 (default 0.05); anything else
+    is a usage error (exit 2)."""
+    return click.option(
+        "--alpha",
+        type=click.FloatRange(0, 1, min_open=True, max_open=True),
+        default=0.05,
+        show_default=True,
+        help=help,
+    )
+
+
 def workers_option(default: int | None, help: str, minimum: int = 0) -> Callable:
     """``--workers``: worker processes (the one spelling every command uses)."""
     return click.option(

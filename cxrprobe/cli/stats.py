@@ -6,7 +6,13 @@ from pathlib import Path
 
 import click
 
-from cxrprobe.cli.options import device_option, findings_option, seed_option, stack_options
+from cxrprobe.cli.options import (
+    alpha_option,
+    device_option,
+    findings_option,
+    seed_option,
+    stack_options,
+)
 from cxrprobe.cli.output import library_errors, progress_in
 
 _FILE = click.Path(dir_okay=False, path_type=Path)
@@ -40,13 +46,7 @@ def _bootstrap_options(command):
             show_default=True,
             help="Confidence interval method for AUROC.",
         ),
-        click.option(
-            "--alpha",
-            type=click.FloatRange(0, 1, min_open=True, max_open=True),
-            default=0.05,
-            show_default=True,
-            help="Significance level; CIs are 1 - alpha.",
-        ),
+        alpha_option("Significance level; CIs are 1 - alpha."),
         click.option(
             "--chunk-size",
             type=click.IntRange(min=1),
@@ -124,7 +124,7 @@ def _shared(kw: dict) -> dict:
 def _show(report: dict, written: list) -> None:
     from cxrprobe.stats.render import format_report
 
-    click.echo(format_report(report))
+    click.echo(format_report(report, warnings=False))  # each warning once, on stderr
     for warning in report["warnings"]:
         click.echo(f"Warning: {warning}", err=True)
     if written:
@@ -213,6 +213,7 @@ def evaluate(file: Path, **kw) -> None:
 
     Example:
 
+    \b
         cxrprobe evaluate dinov2.json --validation dinov2_val.json --by age:0,40,60,80 --out eval.json --markdown eval.md --name dinov2
     """
     from cxrprobe.stats.outputs import run_evaluate

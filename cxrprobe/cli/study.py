@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from cxrprobe.cli.options import RegistryChoice
+from cxrprobe.cli.options import RegistryChoice, alpha_option
 from cxrprobe.cli.output import library_errors, progress, record
 
 
@@ -272,9 +272,7 @@ def study(config: Path | None, dry_run: bool, template: str | None) -> None:
 
 @click.command("report")
 @click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
-@click.option(
-    "--alpha", type=float, default=0.05, show_default=True, help="Significance level (FDR q)."
-)
+@alpha_option("Significance level (FDR q).")
 def report(run_dir: Path, alpha: float) -> None:
     """Collect every comparison of a study's RUN_DIR into the study table (markdown, JSON, figure):
     mean AUROC per dataset and initialisation with CIs and study-wide FDR-corrected p-values.

@@ -3,8 +3,10 @@
 Both recipes use a random horizontal flip (p = 0.5) and a random rotation of up to ±7°, resampled
 bilinearly (``modern``) or by nearest neighbour (``study``: torchvision's ``RandomRotation``
 default). Both act on whole normalised batches ``(B, C, S, S)`` on the GPU (or CPU), so the data
-loader only moves uint8 pixels. Random draws come from an explicit CPU ``torch.Generator`` whose state is saved in
-checkpoints, so a resumed run draws exactly what the uninterrupted run would have drawn.
+loader only moves uint8 pixels. Each image's draws are a hash of (seed, epoch, row number)
+(:func:`row_uniforms`), not a stream: they do not depend on the process or batch the image lands
+in, so N processes draw exactly what one process draws, and a resumed run what the uninterrupted
+run would have drawn.
 """
 
 from __future__ import annotations
@@ -12,12 +14,40 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from cxrprobe.errors import ConfigError
+from cxrprobe.stats.resample import GAMMA, M1, M2
 
 ROTATE_MODES = ("bilinear", "nearest")
+_GOLDEN = np.uint64(GAMMA)
+
+
+def _splitmix64(x: np.ndarray) -> np.ndarray:
+    """SplitMix64 (as :mod:`cxrprobe.stats.resample` uses it) on uint64 ``x``, wrapping: a hash."""
+    z = x + _GOLDEN
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(M1)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(M2)
+    return z ^ (z >> np.uint64(31))
+
+
+def row_uniforms(
+    seed: int, epoch: int, rows: np.ndarray | torch.Tensor, count: int = 2
+) -> np.ndarray:
+    """(B, count) float64 uniforms in [0, 1) for row numbers ``rows`` (B,) in ``epoch``.
+
+    Draw ``k`` of row ``r`` is ``splitmix64(splitmix64(splitmix64(splitmix64(seed) ^ epoch) ^ r)
+    + k * golden)`` with its top 53 bits as the fraction: a function of (seed, epoch, row, k)
+    alone, so it is the same whichever process, batch or invocation handles the row.
+    """
+    rows = np.asarray(rows, dtype=np.int64).astype(np.uint64).reshape(-1, 1)
+    key = _splitmix64(np.array([seed % 2**64], dtype=np.uint64))
+    key = _splitmix64(key ^ np.uint64(epoch % 2**64))
+    per_row = _splitmix64(key ^ rows)
+    draws = _splitmix64(per_row + np.arange(count, dtype=np.uint64) * _GOLDEN)
+    return (draws >> np.uint64(11)).astype(np.float64) * 2.0**-53
 
 
 def hflip(images: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -67,7 +97,7 @@ def rotate(
 
 def random_flip_rotate(
     images: torch.Tensor,
-    generator: torch.Generator,
+    draws: np.ndarray,
     flip_p: float = 0.5,
     max_degrees: float = 7.0,
     fill: float | Sequence[float] | torch.Tensor = 0.0,
@@ -76,12 +106,13 @@ def random_flip_rotate(
     """The training augmentation: flip with probability ``flip_p``, rotate by U(-max, +max) degrees
     with ``mode`` resampling.
 
-    ``generator`` is a CPU generator; the draws (2 per image) are made there and moved to the
-    images' device, so results do not depend on the device's own random stream.
+    ``draws`` (B, 2) are each image's uniforms in [0, 1) (:func:`row_uniforms`): the first decides
+    the flip (``< flip_p``), the second the angle; they are made on the CPU, so results do not
+    depend on the device's own random stream.
     """
-    batch = images.shape[0]
-    flips = torch.rand(batch, generator=generator) < flip_p
-    angles = (torch.rand(batch, generator=generator) * 2.0 - 1.0) * max_degrees
+    draws = torch.as_tensor(draws, dtype=torch.float64)
+    flips = draws[:, 0] < flip_p
+    angles = ((draws[:, 1] * 2.0 - 1.0) * max_degrees).float()
     if flip_p > 0:
         images = hflip(images, flips)
     if max_degrees > 0:

@@ -1,7 +1,8 @@
 """Training checkpoints that resume exactly, stored as plain tensors and dicts.
 
 A checkpoint holds the model, optimiser, scheduler and grad-scaler states, every rank's random
-states (Python, NumPy, torch CPU, CUDA, and the augmentation generator), the data-order state
+states (Python, NumPy, torch CPU and CUDA; the augmentation needs none, its draws are a hash of
+seed, epoch and row), the data-order state
 (seed, next epoch, world size) and the run history. Everything is a tensor, a number, a string,
 a list or a dict, so it is written with ``torch.save`` and read back with
 ``torch.load(..., weights_only=True)``; no pickled object is ever loaded. Writes go to a temporary
@@ -23,7 +24,7 @@ from cxrprobe.errors import DataFormatError, InputFileError
 from cxrprobe.provenance import atomic_write_bytes
 
 
-def capture_rng(generator: torch.Generator, device: torch.device) -> dict[str, torch.Tensor]:
+def capture_rng(device: torch.device) -> dict[str, torch.Tensor]:
     """This process's random states as fixed-shape tensors (so ranks can be stacked)."""
     version, py_state, gauss = random.getstate()
     kind, keys, pos, has_gauss, cached = np.random.get_state()
@@ -34,7 +35,6 @@ def capture_rng(generator: torch.Generator, device: torch.device) -> dict[str, t
         "numpy_pos": torch.tensor([pos, has_gauss], dtype=torch.int64),
         "numpy_gauss": torch.tensor([cached], dtype=torch.float64),
         "torch": torch.get_rng_state(),
-        "augment": generator.get_state(),
     }
     if kind != "MT19937":
         raise DataFormatError(f"numpy random state {kind!r} is not MT19937; cannot checkpoint it")
@@ -43,10 +43,13 @@ def capture_rng(generator: torch.Generator, device: torch.device) -> dict[str, t
     return state
 
 
-def restore_rng(
-    state: dict[str, torch.Tensor], generator: torch.Generator, device: torch.device
-) -> None:
-    """Set the random states saved by :func:`capture_rng`."""
+def restore_rng(state: dict[str, torch.Tensor], device: torch.device) -> None:
+    """Set the random states saved by :func:`capture_rng` (an older checkpoint's ``augment``
+    generator state is not needed any more and is ignored).
+
+    The torch states are cloned first: ``torch.set_rng_state`` crashes the process (SIGSEGV) on
+    a view at a non-zero storage offset, such as rank 1's row of the stacked states.
+    """
     python = state["python"].tolist()
     has_gauss, gauss = state["python_gauss"].tolist()
     random.setstate(
@@ -57,10 +60,9 @@ def restore_rng(
     np.random.set_state(
         ("MT19937", keys, int(pos), int(np_has_gauss), float(state["numpy_gauss"][0]))
     )
-    torch.set_rng_state(state["torch"])
-    generator.set_state(state["augment"])
+    torch.set_rng_state(state["torch"].clone())
     if device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"], device)
+        torch.cuda.set_rng_state(state["cuda"].clone(), device)
 
 
 def seed_everything(seed: int) -> None:

@@ -5,11 +5,13 @@ plans the batches, builds the :class:`Trainer`, restores a checkpoint when
 resuming, runs the epochs with validation-split model selection (by mean AUROC or, as the study's
 code, by the lowest validation loss) and early stopping, and at the
 end scores the validation and test splits with the best weights. Rank 0 writes every file; all
-ranks take part in training, validation and the gathers.
+ranks take part in training, validation and the gathers. Resuming a finished run changes nothing
+(its record keeps how it was trained, e.g. under torchrun); other settings are refused.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from dataclasses import asdict, dataclass, field
@@ -31,6 +33,8 @@ from cxrprobe.progress import ProgressFactory, start_bar
 from cxrprobe.provenance import atomic_write_json, write_run_record
 
 logger = logging.getLogger(__name__)
+
+FINISHED_OUTPUTS = ("summary.json", "predictions.json", "val_predictions.json", "run.json")
 
 # Settings that may change between an interrupted run and its resumption.
 RESUMABLE_CHANGES = (
@@ -78,6 +82,7 @@ class FinetuneResult:
     finished: bool
     summary: dict[str, Any]
     history: list[dict[str, Any]]
+    unchanged: bool = False  # a resumed run that had finished: its folder was left as it was
 
 
 def check_resumable(saved: dict[str, Any], current: dict[str, Any], checkpoint: Path) -> None:
@@ -117,15 +122,20 @@ class FinetuneRun:
         config, ctx = self.config, self.ctx
         rows = split_rows(self.source, config)
         shared = check_leakage(self.source, rows, config.allow_leakage)
+        identity = {**config.to_dict(), "dataset_fingerprint": self.source.fingerprint()}
+        saved = None
+        if resume and not overwrite and self.last_path.is_file():
+            saved = load_checkpoint(self.last_path)
+            check_resumable(saved["identity"], identity, self.last_path)
+            done = self._finished_run(saved)
+            if done is not None:
+                return done
         plan = make_plan(config, len(rows["train"]), ctx.world_size, ctx.device.type)
         weights = self._class_weights(rows["train"])
         self._prepare_folder(resume, overwrite)
         trainer = Trainer(config, self.source, ctx, plan, rows["train"], weights)
-        identity = {**config.to_dict(), "dataset_fingerprint": self.source.fingerprint()}
         state = RunState()
-        if resume and self.last_path.is_file():
-            saved = load_checkpoint(self.last_path)
-            check_resumable(saved["identity"], identity, self.last_path)
+        if saved is not None:
             trainer.load_state_dict(saved["trainer"])
             state = RunState(**saved["run"])
             logger.info("resuming %s at epoch %d", self.out_dir, state.next_epoch + 1)
@@ -141,6 +151,28 @@ class FinetuneRun:
                 self.out_dir, False, self._summary(state, plan, None, None, {}), state.history
             )
         return self._finish(trainer, state, plan, rows, resolved)
+
+    def _finished_run(self, saved: dict[str, Any]) -> FinetuneResult | None:
+        """The result of the finished run ``saved`` comes from, when its outputs are all there
+        (then nothing is rewritten: run.json keeps e.g. the world size it was trained with);
+        None when there is something left to do."""
+        state = RunState(**saved["run"])
+        written = [self.out_dir / name for name in FINISHED_OUTPUTS]
+        if not state.finished or not all(path.is_file() for path in written):
+            return None
+        try:
+            summary = json.loads((self.out_dir / "summary.json").read_text())
+        except (OSError, ValueError):  # damaged: finishing again rewrites it
+            return None
+        if not isinstance(summary, dict) or summary.get("finished") is not True:
+            return None
+        logger.info(
+            "%s holds this run finished already (%d epochs, %s process(es)); left as it is",
+            self.out_dir,
+            state.next_epoch,
+            summary.get("world_size"),
+        )
+        return FinetuneResult(self.out_dir, True, summary, state.history, unchanged=True)
 
     def _class_weights(self, train_rows: np.ndarray) -> np.ndarray:
         """(L,) ``pos_weight`` on the training split (ones with ``class_weights`` off)."""

@@ -1,11 +1,11 @@
 """The fine-tuning engine: a backbone plus a linear head, one epoch of training, predictions.
 
-:class:`Trainer` owns the model, AdamW, the lr schedule, the grad scaler and the augmentation
-generator, and knows how to save and restore all of them (with every rank's random states) so a
-resumed run continues exactly. It trains on uint8 batches from an :class:`ImageSource`: pixels go
-to the device as uint8, are normalised with the model's mean and std (or the config's, e.g. the
-study recipe's mean 0 / std 1: plain [0, 1] input), augmented there, and run under bf16 autocast
-on CUDA (timm's attention uses PyTorch SDPA) or in float32, as the config's precision says.
+:class:`Trainer` owns the model, AdamW, the lr schedule and the grad scaler, and knows how to save
+and restore all of them (with every rank's random states) so a resumed run continues exactly. It
+trains on uint8 batches from an :class:`ImageSource`: pixels go to the device as uint8, are
+normalised with the model's mean and std (or the config's, e.g. the study recipe's mean 0 / std 1:
+plain [0, 1] input), augmented there (draws fixed by seed, epoch and row), and run under bf16
+autocast on CUDA (timm's attention uses PyTorch SDPA) or in float32, as the config's precision says.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -21,10 +21,11 @@ import torch
 from torch import nn
 
 from cxrprobe.cache.source import ImageSource
+from cxrprobe.data.preprocess import NO_NORMALIZATION
 from cxrprobe.data.targets import to_targets
 from cxrprobe.devices import DistContext
 from cxrprobe.errors import ConfigError
-from cxrprobe.finetune.augment import random_flip_rotate
+from cxrprobe.finetune.augment import random_flip_rotate, row_uniforms
 from cxrprobe.finetune.checkpoint import capture_rng, restore_rng, seed_everything
 from cxrprobe.finetune.distributed import (
     all_sum,
@@ -45,6 +46,16 @@ DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
 def probabilities(logits: np.ndarray) -> np.ndarray:
     """float32 sigmoid of (n, L) logits (NaN rows stay NaN): the scores every output holds."""
     return torch.sigmoid(torch.from_numpy(np.asarray(logits, dtype=np.float32))).numpy()
+
+
+def recipe_normalization(config: Any) -> str | None:
+    """What the model spec records as its normalisation when ``config``'s recipe set mean and std
+    (None when they came from the model config or from --mean/--std)."""
+    if "mean" not in config.recipe_filled or config.mean is None:
+        return None
+    if (tuple(config.mean), tuple(config.std)) == NO_NORMALIZATION:
+        return f"recipe {config.recipe}: none ([0, 1] input)"
+    return f"recipe {config.recipe}: mean {list(config.mean)}, std {list(config.std)}"
 
 
 class Classifier(nn.Module):
@@ -115,6 +126,9 @@ class Trainer:
             std=config.std,
             drop_path_rate=config.drop_path,
         )
+        normalization = recipe_normalization(config)
+        if normalization is not None:  # create_model took the recipe's values for --mean/--std
+            self.spec = replace(self.spec, normalization=normalization)
         if config.grad_checkpointing:
             if not hasattr(backbone, "set_grad_checkpointing"):
                 raise ConfigError(
@@ -136,10 +150,6 @@ class Trainer:
         )
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=plan.precision == "fp16")
         seed_everything(config.seed + 1 + ctx.rank)  # per-rank streams for drop-path, loaders
-        self.generator = torch.Generator()
-        self.generator.manual_seed(
-            int(np.random.SeedSequence([config.seed, ctx.rank, 7]).generate_state(1)[0])
-        )
         self.pos_weight = torch.as_tensor(pos_weight, dtype=torch.float32, device=self.device)
         mean = torch.tensor(self.spec.mean, dtype=torch.float32)
         std = torch.tensor(self.spec.std, dtype=torch.float32)
@@ -170,8 +180,11 @@ class Trainer:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=dtype)
 
-    def _inputs(self, pixels: torch.Tensor, train: bool) -> torch.Tensor:
-        """uint8 (B, S, S) → normalised (B, 3, size, size) on the device, augmented when training."""
+    def _inputs(
+        self, pixels: torch.Tensor, rows: torch.Tensor, epoch: int | None = None
+    ) -> torch.Tensor:
+        """uint8 (B, S, S) of ``rows`` → normalised (B, 3, size, size) on the device; augmented
+        when ``epoch`` is given (training), with draws fixed by (seed, epoch, row)."""
         from cxrprobe.data.preprocess import to_model_input
 
         if pixels.shape[0] == 0:  # every image of the batch failed to load
@@ -182,10 +195,10 @@ class Trainer:
             self.spec.std,
             self.config.size,
         )
-        if train and (self.config.hflip > 0 or self.config.rotate > 0):
+        if epoch is not None and (self.config.hflip > 0 or self.config.rotate > 0):
             x = random_flip_rotate(
                 x,
-                self.generator,
+                row_uniforms(self.config.seed, epoch, rows),
                 self.config.hflip,
                 self.config.rotate,
                 fill=self.black,
@@ -244,7 +257,7 @@ class Trainer:
                 else contextlib.nullcontext()
             )
             with sync:
-                x = self._inputs(pixels, train=True)
+                x = self._inputs(pixels, rows, epoch)
                 with self._autocast():
                     logits = model(x)
                 total, _ = masked_bce_sum(
@@ -315,14 +328,14 @@ class Trainer:
             if len(got) == 0:
                 continue
             with self._autocast():
-                logits = self.model(self._inputs(pixels, train=False))
+                logits = self.model(self._inputs(pixels, got))
             out[[where[int(r)] for r in got]] = logits.float().cpu()
         return gather_rows(self.ctx, out, len(rows)).numpy()
 
     # -------------------------------------------------------------------------- checkpointing
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue exactly; collective (every rank must call it)."""
-        rng = capture_rng(self.generator, self.device)
+        rng = capture_rng(self.device)
         return {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -346,7 +359,5 @@ class Trainer:
                 self.ctx.world_size,
             )
         restore_rng(
-            {k: v[self.ctx.rank % saved_world] for k, v in state["rng"].items()},
-            self.generator,
-            self.device,
+            {k: v[self.ctx.rank % saved_world] for k, v in state["rng"].items()}, self.device
         )

@@ -41,6 +41,7 @@ _EXPORTS = {
     "calibration": (
         "CalibrationStatistic",
         "brier_score",
+        "calibration_interval",
         "equal_mass_bins",
         "expected_calibration_error",
         "reliability_table",
@@ -48,7 +49,9 @@ _EXPORTS = {
     "delong": ("DelongResult", "delong_test", "jackknife_auroc", "structural_components"),
     "groups": ("SubgroupSpec", "parse_by", "subgroup_masks"),
     "intervals": (
+        "basic_interval",
         "bca_interval",
+        "bias_corrected",
         "mean_over_labels",
         "paired_p_values",
         "percentile_interval",

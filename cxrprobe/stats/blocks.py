@@ -18,6 +18,7 @@ from cxrprobe.stats.auroc import auroc_report
 from cxrprobe.stats.calibration import (
     CALIBRATION_METRICS,
     brier_score,
+    calibration_interval,
     expected_calibration_error,
 )
 from cxrprobe.stats.delong import delong_test, jackknife_auroc
@@ -169,7 +170,8 @@ def calibration_part(
     options: BootstrapOptions,
     order: np.ndarray | None = None,
 ) -> dict[str, Any]:
-    """Brier score and ECE per label and mean over ``family`` with percentile CIs."""
+    """Brier score and ECE per label and mean over ``family`` with CIs (Brier: percentile;
+    ECE: basic bootstrap, with its bias-corrected value; see :mod:`cxrprobe.stats.calibration`)."""
     point = {
         "brier": brier_score(targets, scores),
         "ece": expected_calibration_error(targets, scores, options.ece_bins, order=order),
@@ -180,24 +182,37 @@ def calibration_part(
     for m, metric in enumerate(CALIBRATION_METRICS):
         est = np.r_[point[metric], mean_of(point[metric], family)]
         boot = with_mean(samples[:, m, :], family)
-        lo, hi = percentile_interval(boot, options.alpha)
-        for k, row in enumerate([*rows, mean]):
-            row[metric], row[f"{metric}_ci"] = float(est[k]), _ci(lo, hi, k)
+        _fill([*rows, mean], metric, est, boot, options.alpha, floor=0.0)
         raw[metric] = (est, boot)
     return {"available": True, "labels": rows, "mean": mean, "_raw": raw}
+
+
+def _fill(
+    rows: list[dict],
+    metric: str,
+    est: np.ndarray,
+    boot: np.ndarray,
+    alpha: float,
+    floor: float | None,
+) -> None:
+    """Write ``metric``, its CI and (ECE) its bias-corrected value into each of ``rows``."""
+    lo, hi, corrected = calibration_interval(metric, boot, est, alpha, floor)
+    for k, row in enumerate(rows):
+        row[metric], row[f"{metric}_ci"] = float(est[k]), _ci(lo, hi, k)
+        if corrected is not None:
+            row[f"{metric}_bias_corrected"] = float(corrected[k])
 
 
 def calibration_difference(
     part_a: dict, part_b: dict, labels: list[str], options: BootstrapOptions
 ) -> dict[str, Any]:
-    """B - A of Brier and ECE per label and for the mean, with paired percentile CIs."""
+    """B - A of Brier and ECE per label and for the mean, with paired CIs made as each model's
+    (not clipped at 0)."""
     rows: list[dict[str, Any]] = [{"label": label} for label in labels]
     mean: dict[str, Any] = {"label": "mean", "n_labels": part_a["mean"]["n_labels"]}
     for metric in CALIBRATION_METRICS:
         (est_a, boot_a), (est_b, boot_b) = part_a["_raw"][metric], part_b["_raw"][metric]
-        lo, hi = percentile_interval(boot_b - boot_a, options.alpha)
-        for k, row in enumerate([*rows, mean]):
-            row[metric], row[f"{metric}_ci"] = float(est_b[k] - est_a[k]), _ci(lo, hi, k)
+        _fill([*rows, mean], metric, est_b - est_a, boot_b - boot_a, options.alpha, floor=None)
     return {"labels": rows, "mean": mean}
 
 

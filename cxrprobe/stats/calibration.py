@@ -11,6 +11,14 @@ Bins are fixed once on the full evaluated rows, like thresholds; a bootstrap res
 counts w then gives Brier = sum w (p - y)^2 / sum w and ECE = sum_k |sum_{i in k} w_i (y_i - p_i)|
 / sum w: the same row sets, re-weighted. Calibration needs probabilities; logit scores are not
 squashed into them here.
+
+Intervals (:func:`calibration_interval`): Brier, a mean of squared residuals, gets percentile
+intervals. Binned ECE is biased upward (the absolute value turns every bin's sampling noise into
+error: a perfectly calibrated model scores above 0), and resampling adds that bias again, so
+ECE's percentile interval sits above the estimate and can exclude it. ECE gets instead the basic
+bootstrap interval and the bias-corrected estimate 2 * ECE - mean of the resampled ECEs, both
+clipped at 0; differences of ECE the same without clipping (the bias depends on how well each
+model is calibrated, so it need not cancel in B - A).
 """
 
 from __future__ import annotations
@@ -19,9 +27,40 @@ import numpy as np
 
 from cxrprobe.stats.auroc import annotated_in_order, as_table, score_order
 from cxrprobe.stats.engine import SegmentMap
+from cxrprobe.stats.intervals import basic_interval, bias_corrected, percentile_interval
 
 DEFAULT_BINS = 10
 CALIBRATION_METRICS = ("brier", "ece")
+INTERVALS = {  # as the report records them
+    "brier": "percentile",
+    "ece": "basic bootstrap (2 * ECE - percentile limits), clipped at 0 except for differences; "
+    "with ece_bias_corrected = 2 * ECE - mean of the resampled ECEs",
+}
+
+
+def calibration_interval(
+    metric: str,
+    samples: np.ndarray,
+    estimate: np.ndarray,
+    alpha: float,
+    floor: float | None = 0.0,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """CI limits (lo, hi) of ``metric`` per column of ``samples`` (B, k) with ``estimate`` (k,),
+    and the bias-corrected estimate (ECE) or None (Brier); ``floor`` None for differences.
+
+    Examples
+    --------
+    Resampled ECEs all above the estimate 0.10: the interval and the corrected value lie below.
+
+    >>> lo, hi, fixed = calibration_interval(
+    ...     "ece", 0.12 + np.arange(101.0)[:, None] / 1000, np.array([0.1]), 0.1)
+    >>> [round(float(v[0]), 3) for v in (lo, hi, fixed)]
+    [0.0, 0.075, 0.03]
+    """
+    if metric == "brier":
+        return (*percentile_interval(samples, alpha), None)
+    lo, hi = basic_interval(samples, estimate, alpha, floor)
+    return lo, hi, bias_corrected(samples, estimate, floor)
 
 
 def equal_mass_bins(

@@ -24,12 +24,16 @@ def _num(value: float | None, signed: bool = False) -> str:
     return f"{value:+.3f}" if signed else f"{value:.3f}"
 
 
-def _with_ci(value: float | None, ci: list | None, signed: bool = False) -> str:
+def _with_ci(
+    value: float | None, ci: list | None, signed: bool = False, corrected: float | None = None
+) -> str:
+    """'value [lo, hi]', or 'value (corrected) [lo, hi]' with a bias-corrected value."""
     if _missing(value):
         return "n/a"
+    shown = _num(value, signed) + ("" if _missing(corrected) else f" ({_num(corrected, signed)})")
     if not ci or _missing(ci[0]):
-        return _num(value, signed)
-    return f"{_num(value, signed)} [{_num(ci[0], signed)}, {_num(ci[1], signed)}]"
+        return shown
+    return f"{shown} [{_num(ci[0], signed)}, {_num(ci[1], signed)}]"
 
 
 def _level(report: dict[str, Any]) -> str:
@@ -159,9 +163,24 @@ def calibration_table(report: dict[str, Any], block: dict[str, Any] | None = Non
         cell = [f"mean ({entries[0]['n_labels']} labels)" if label == "mean" else label]
         for metric in ("brier", "ece"):
             for key, entry in zip(parts, entries, strict=True):
-                cell.append(_with_ci(entry[metric], entry[f"{metric}_ci"], signed=key == "B - A"))
+                cell.append(
+                    _with_ci(
+                        entry[metric],
+                        entry[f"{metric}_ci"],
+                        signed=key == "B - A",
+                        corrected=entry.get(f"{metric}_bias_corrected"),  # ECE, version 3 on
+                    )
+                )
         cells.append(cell)
     return headers, cells
+
+
+def calibration_title(report: dict[str, Any]) -> str:
+    """The calibration table's heading, saying which interval each metric has."""
+    if "intervals" not in report.get("calibration_method", {}):  # reports before version 3
+        return "Calibration (Brier score, ECE):"
+    level = _level(report)
+    return f"Calibration: Brier score [{level}, percentile]; ECE (bias-corrected) [{level}, basic]:"
 
 
 def subgroup_table(report: dict[str, Any], section: dict[str, Any]) -> tuple:
@@ -214,7 +233,7 @@ def markdown_table(headers: list[str], cells: list[list[str]]) -> str:
     return "\n".join("| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in rows)
 
 
-def _notes(report: dict[str, Any]) -> list[str]:
+def _notes(report: dict[str, Any], warnings: bool = True) -> list[str]:
     boot = report["bootstrap"]
     lines = [
         f"{model_label(report, key)} = {info['path']}"
@@ -255,7 +274,15 @@ def _notes(report: dict[str, Any]) -> list[str]:
     ):
         if not part.get("available", True):
             lines.append(f"calibration{' of ' + key.upper() if key else ''}: {part['reason']}")
-    lines += [f"WARNING: {w}" for w in report.get("warnings", [])]
+    if calibration_table(report) and "intervals" in report.get("calibration_method", {}):
+        lines.append(
+            "ECE: binned ECE is biased upward (bin noise counts as error), so resampled ECEs lie "
+            "above it; shown: plain ECE (bias-corrected: 2 ECE - mean resampled ECE) [basic "
+            "bootstrap CI for the true ECE: 2 ECE - percentile limits, clipped at 0], which can "
+            "lie below the plain ECE"
+        )
+    if warnings:
+        lines += [f"WARNING: {w}" for w in report.get("warnings", [])]
     return lines
 
 
@@ -264,19 +291,21 @@ def _table(report: dict[str, Any], block: dict[str, Any] | None = None) -> tuple
     return make(report, block)
 
 
-def format_report(report: dict[str, Any]) -> str:
-    """The terminal summary: the table, calibration, subgroups, notes and the verdict."""
+def format_report(report: dict[str, Any], warnings: bool = True) -> str:
+    """The terminal summary: the table, calibration, subgroups, notes and the verdict; the
+    report's warnings among the notes unless ``warnings`` is False (a command printing them
+    on stderr itself, so they show once)."""
     parts = [text_table(*_table(report))]
     calibration = calibration_table(report)
     if calibration:
-        parts += ["", "Calibration (Brier score, ECE):", text_table(*calibration)]
+        parts += ["", calibration_title(report), text_table(*calibration)]
     for section in report.get("subgroups", []):
         parts += [
             "",
             f"Subgroups by {section['by']}:",
             text_table(*subgroup_table(report, section)),
         ]
-    parts += ["", *_notes(report)]
+    parts += ["", *_notes(report, warnings)]
     if report["kind"] == "compare":
         parts += ["", report["verdict"]]
     return "\n".join(parts)
@@ -300,7 +329,7 @@ def markdown_report(report: dict[str, Any]) -> str:
         parts += ["", f"Thresholds chosen on {report['thresholds']['chosen_on']}."]
     calibration = calibration_table(report)
     if calibration:
-        parts += ["", "Calibration (Brier score, ECE):", "", markdown_table(*calibration)]
+        parts += ["", calibration_title(report), "", markdown_table(*calibration)]
     for section in report.get("subgroups", []):
         parts += [
             "",

@@ -22,7 +22,7 @@ from cxrprobe.provenance import now_utc, sha256_file, versions
 from cxrprobe.stats.auroc import score_order
 from cxrprobe.stats.blocks import Population, compare_block, evaluate_block, gap_rows
 from cxrprobe.stats.bootstrap import RankStatistic, make_resampler, run_bootstrap
-from cxrprobe.stats.calibration import CalibrationStatistic, reliability_table
+from cxrprobe.stats.calibration import INTERVALS, CalibrationStatistic, reliability_table
 from cxrprobe.stats.engine import default_chunk, make_backend
 from cxrprobe.stats.families import constant_scores
 from cxrprobe.stats.groups import MISSING, SubgroupSpec, parse_by, subgroup_masks
@@ -34,7 +34,7 @@ from cxrprobe.stats.thresholds import youden_thresholds
 from cxrprobe.stats.verdict import verdict, warnings_of
 
 REPORT_FORMAT = "cxrprobe.stats-report"
-REPORT_VERSION = 2  # 2: p_bootstrap is two-sided and decides; the study's p is p_study_one_sided
+REPORT_VERSION = 3  # 2: a two-sided p_bootstrap decides; 3: ECE basic CIs, ece_bias_corrected
 P_VALUE_DEFINITIONS = {
     "p_bootstrap": "two-sided paired bootstrap p-value, min(1, 2 * (min(k_le, k_ge) + 1) / "
     "(B' + 1)), k_le / k_ge the resamples with delta <= 0 / >= 0 among the B' where it is "
@@ -198,7 +198,8 @@ def _analyse(
             "bins": options.ece_bins,
             "binning": "equal-mass: annotated rows sorted by score (stable), cut into "
             "min(bins, rows) consecutive groups (numpy.array_split); bins fixed on the full "
-            "data, re-weighted in every resample; percentile intervals",
+            "data, re-weighted in every resample",
+            "intervals": INTERVALS,
         },
         "reliability": {
             m: reliability_table(labels, targets, p.scores, options.ece_bins, order=orders[m])
