@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from cxrprobe.errors import ConfigError
-from cxrprobe.stats.resample import GAMMA, M1, M2
+from cxrprobe.stats.resample import GAMMA, mix_numpy
 
 ROTATE_MODES = ("bilinear", "nearest")
 _GOLDEN = np.uint64(GAMMA)
@@ -27,10 +27,7 @@ _GOLDEN = np.uint64(GAMMA)
 
 def _splitmix64(x: np.ndarray) -> np.ndarray:
     """SplitMix64 (as :mod:`cxrprobe.stats.resample` uses it) on uint64 ``x``, wrapping: a hash."""
-    z = x + _GOLDEN
-    z = (z ^ (z >> np.uint64(30))) * np.uint64(M1)
-    z = (z ^ (z >> np.uint64(27))) * np.uint64(M2)
-    return z ^ (z >> np.uint64(31))
+    return mix_numpy(x + _GOLDEN)
 
 
 def row_uniforms(

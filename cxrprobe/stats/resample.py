@@ -50,6 +50,17 @@ def _mix_int(z: int) -> int:
     return z ^ (z >> 31)
 
 
+def mix_numpy(z: np.ndarray) -> np.ndarray:
+    """SplitMix64's finaliser on a uint64 array, in place (wrapping arithmetic); returns ``z``."""
+    tmp = np.empty_like(z)
+    for shift, mult in ((30, M1), (27, M2), (31, None)):
+        np.right_shift(z, np.uint64(shift), out=tmp)
+        z ^= tmp
+        if mult is not None:
+            z *= np.uint64(mult)
+    return z
+
+
 def _key(seed: int) -> int:
     return _mix_int((seed + GAMMA) & _MASK)
 
@@ -72,13 +83,7 @@ def draws_numpy(seed: int, start: int, stop: int, n_units: int) -> np.ndarray:
     # key + (b * 2**32 + i + 1) * GAMMA = (key + (b * 2**32 + 1) * GAMMA) + i * GAMMA: one pass
     first = [(_key(seed) + ((b << 32) + 1) * GAMMA) & _MASK for b in range(start, stop)]
     step = np.arange(n_units, dtype=np.uint64) * np.uint64(GAMMA)
-    z = np.array(first, dtype=np.uint64)[:, None] + step[None, :]
-    tmp = np.empty_like(z)
-    for shift, mult in ((30, M1), (27, M2), (31, None)):
-        np.right_shift(z, np.uint64(shift), out=tmp)
-        z ^= tmp
-        if mult is not None:
-            z *= np.uint64(mult)
+    z = mix_numpy(np.array(first, dtype=np.uint64)[:, None] + step[None, :])
     z >>= np.uint64(11)
     u = z.astype(np.float64)
     u *= n_units * 2.0**-53
