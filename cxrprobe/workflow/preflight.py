@@ -30,7 +30,7 @@ from typing import Any
 from cxrprobe.errors import ConfigError, CxrprobeError
 from cxrprobe.finetuned import RUN_PREFIX
 from cxrprobe.workflow.commands import PROVIDED, Commands, stage_params
-from cxrprobe.workflow.state import INPUT_OPTIONS, written_by
+from cxrprobe.workflow.state import INPUT_OPTIONS, writer_of, written_by
 from cxrprobe.workflow.steps import Step
 
 READ_OPTIONS = INPUT_OPTIONS | {"root"}  # options naming what a step reads (root: raw images)
@@ -43,14 +43,14 @@ def plan_problems(
     """Every problem that would stop a step of ``steps`` (in plan order), one line each, naming
     the first step that meets it and the config table/key; steps whose key is in ``done`` are
     skipped (a run skips them), though what they wrote counts as there."""
-    produced: set[Path] = set()
+    produced: dict[Path, str] = {}  # where earlier steps write, to their keys
     met: dict[Problem, list[str]] = {}
     for step in steps:
         if step.key not in done:
             found = _missing(step, commands, produced) + _refused(step, produced)
             for problem in found:
                 met.setdefault(problem, []).append(step.key)
-        produced.update(written_by(step))
+        produced.update(dict.fromkeys(written_by(step), step.key))
     return [
         f"step {keys[0]}{_later(len(keys) - 1)}: {where}: {what}"
         for (where, what), keys in met.items()
@@ -73,11 +73,6 @@ def _later(n: int) -> str:
     return f" (and {n} later step{'s' if n > 1 else ''})" if n else ""
 
 
-def _covered(path: Path, produced: Collection[Path]) -> bool:
-    """Whether an earlier step writes ``path`` or a folder holding it."""
-    return any(folder in produced for folder in (path, *path.parents))
-
-
 def _where(step: Step, key: str) -> str:
     """The config place of the step's option ``key`` (see ``Step.where``)."""
     if key in step.where:
@@ -87,7 +82,7 @@ def _where(step: Step, key: str) -> str:
     return f"the plan's {key}" if key in PROVIDED[step.stage] else f"[{step.stage}] {key}"
 
 
-def _missing(step: Step, commands: Commands, produced: Collection[Path]) -> list[Problem]:
+def _missing(step: Step, commands: Commands, produced: Mapping[Path, str]) -> list[Problem]:
     """The files and folders the config names for ``step`` to read that neither exist nor come
     from an earlier step (the paths the plan sets itself, such as a manifest or store, and the
     files beside them, are its own steps' outputs)."""
@@ -102,7 +97,7 @@ def _missing(step: Step, commands: Commands, produced: Collection[Path]) -> list
     problems = []
     for key, item in named:
         path = Path(os.path.abspath(item))
-        if _covered(path, produced):
+        if writer_of(path, produced) is not None:
             continue
         kind = params[key].type if key in params else None
         folder = key == "root" or not getattr(kind, "file_okay", True)
@@ -118,7 +113,7 @@ def _missing(step: Step, commands: Commands, produced: Collection[Path]) -> list
     return problems
 
 
-def _refused(step: Step, produced: Collection[Path]) -> list[Problem]:
+def _refused(step: Step, produced: Mapping[Path, str]) -> list[Problem]:
     """The option combinations the step's command would refuse, by the command's own checks."""
     check = _CHECKS.get(step.stage)
     if check is None:
@@ -135,21 +130,20 @@ def _refused(step: Step, produced: Collection[Path]) -> list[Problem]:
 Check = Callable[[], Any]
 
 
-def _model_checks(step: Step, produced: Collection[Path]) -> list[tuple[str, Check]]:
+def _model_checks(step: Step, produced: Mapping[Path, str]) -> list[tuple[str, Check]]:
     """``resolve_init`` on the step's init, weights and arch, as ``create_model`` runs it (a
     fine-tuning run made by an earlier step of the plan is checked by that step)."""
     from cxrprobe.models import resolve_init
 
     p = step.settings
     init = str(p["init"])
-    if init.startswith(RUN_PREFIX) and _covered(
-        Path(os.path.abspath(init[len(RUN_PREFIX) :])), produced
-    ):
+    run = Path(os.path.abspath(init[len(RUN_PREFIX) :]))
+    if init.startswith(RUN_PREFIX) and writer_of(run, produced) is not None:
         return []
     return [("init", lambda: resolve_init(init, p.get("weights"), p.get("arch")))]
 
 
-def _manifest_checks(step: Step, produced: Collection[Path]) -> list[tuple[str, Check]]:
+def _manifest_checks(step: Step, produced: Mapping[Path, str]) -> list[tuple[str, Check]]:
     """The manifest's policies (``Policies``: choices and split fractions) and, for an adapter
     whose label map fixes its findings, the ``findings`` spec."""
     from cxrprobe.data.adapters import ADAPTERS
@@ -167,13 +161,13 @@ def _manifest_checks(step: Step, produced: Collection[Path]) -> list[tuple[str, 
     return checks
 
 
-def _probe_checks(step: Step, produced: Collection[Path]) -> list[tuple[str, Check]]:
+def _probe_checks(step: Step, produced: Mapping[Path, str]) -> list[tuple[str, Check]]:
     from cxrprobe.probe.run import ProbeConfig
 
     return [("options", lambda: ProbeConfig(**step.params).check())]
 
 
-def _finetune_checks(step: Step, produced: Collection[Path]) -> list[tuple[str, Check]]:
+def _finetune_checks(step: Step, produced: Mapping[Path, str]) -> list[tuple[str, Check]]:
     from cxrprobe.finetune.recipe import finetune_config
 
     def options() -> None:
@@ -184,7 +178,7 @@ def _finetune_checks(step: Step, produced: Collection[Path]) -> list[tuple[str, 
     return [*_model_checks(step, produced), ("options", options)]
 
 
-def _compare_checks(step: Step, produced: Collection[Path]) -> list[tuple[str, Check]]:
+def _compare_checks(step: Step, produced: Mapping[Path, str]) -> list[tuple[str, Check]]:
     from cxrprobe.stats.options import BootstrapOptions
 
     p = step.params
@@ -192,7 +186,7 @@ def _compare_checks(step: Step, produced: Collection[Path]) -> list[tuple[str, C
     return [("options", lambda: BootstrapOptions(**options).check())]
 
 
-_CHECKS: Mapping[str, Callable[[Step, Collection[Path]], list[tuple[str, Check]]]] = {
+_CHECKS: Mapping[str, Callable[[Step, Mapping[Path, str]], list[tuple[str, Check]]]] = {
     "manifest": _manifest_checks,
     "extract": _model_checks,
     "probe": _probe_checks,

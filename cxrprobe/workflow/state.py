@@ -92,7 +92,7 @@ def written_by(step: Step) -> list[Path]:
     return list(dict.fromkeys([_absolute(step.output), *extra]))
 
 
-def _owner(path: Path, written: Mapping[Path, str]) -> str | None:
+def writer_of(path: Path, written: Mapping[Path, str]) -> str | None:
     """The step (key) that writes ``path`` or a folder holding it, if any."""
     for folder in (path, *path.parents):
         if folder in written:
@@ -110,7 +110,7 @@ def inputs_of(step: Step, produced: Mapping[Path, str] | None = None) -> list[Pa
         for item in value if isinstance(value, (list, tuple)) else [value]:
             if isinstance(item, os.PathLike) or (key in INPUT_OPTIONS and isinstance(item, str)):
                 path = _absolute(item)
-                if key in INPUT_OPTIONS or _owner(path, produced) is not None:
+                if key in INPUT_OPTIONS or writer_of(path, produced) is not None:
                     found.append(path)
     return list(dict.fromkeys(found))
 
@@ -216,7 +216,7 @@ def plan_states(steps: Iterable[Step], out: Path) -> list[StepState]:
     for step in steps:
         inputs = inputs_of(step, produced)
         state = assess(step, paths, inputs)
-        pending = {show(p): key for p in inputs if (key := _owner(p, remade)) is not None}
+        pending = {show(p): key for p in inputs if (key := writer_of(p, remade)) is not None}
         if pending and state.state in (DONE, STALE):
             upstream = [
                 f"input {p} may change: step {key} runs first" for p, key in pending.items()
