@@ -13,14 +13,13 @@ from __future__ import annotations
 import difflib
 import logging
 from collections.abc import Iterable, Mapping
-from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from cxrprobe.data.findings import FINDINGS, in_vocabulary_order
 from cxrprobe.data.labelmap import ColumnRule, LabelMap, add_derived, key, merge_labels
-from cxrprobe.data.manifest import data_row
+from cxrprobe.data.manifest import data_row, plain_value
 from cxrprobe.errors import DataFormatError
 
 log = logging.getLogger(__name__)
@@ -138,7 +137,7 @@ def _label_values(column: pd.Series, source: str, rule: ColumnRule) -> np.ndarra
         bad = np.flatnonzero(unparsed | ((numbers < 0) & (numbers != -1)))
         if bad.size:
             raise DataFormatError(
-                where.format(row=data_row(bad[0]), value=_plain(column.iloc[bad[0]]))
+                where.format(row=data_row(bad[0]), value=plain_value(column.iloc[bad[0]]))
                 + f" is not a grade (a number >= 0, -1 for uncertain) or blank; this column is "
                 f"thresholded at {rule.threshold} (recode text grades with the column's 'values')"
             )
@@ -147,7 +146,7 @@ def _label_values(column: pd.Series, source: str, rule: ColumnRule) -> np.ndarra
     bad = np.flatnonzero(unparsed | ~(np.isnan(numbers) | np.isin(numbers, (1.0, 0.0, -1.0))))
     if bad.size:
         raise DataFormatError(
-            where.format(row=data_row(bad[0]), value=_plain(column.iloc[bad[0]]))
+            where.format(row=data_row(bad[0]), value=plain_value(column.iloc[bad[0]]))
             + " is not 1, 0, -1 or blank (recode it with a 'values' map, or give the column a "
             "'threshold' if it holds grades)"
         )
@@ -175,8 +174,3 @@ def warn_unmapped_columns(columns: Iterable[str], label_map: LabelMap, source: s
             hint,
         )
     return unmapped
-
-
-def _plain(value: Any) -> Any:
-    """A numpy scalar as the Python value, for messages."""
-    return value.item() if isinstance(value, np.generic) else value

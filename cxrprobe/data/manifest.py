@@ -150,7 +150,7 @@ def validate_manifest(
         if bad.size:
             raise DataFormatError(
                 f"{source}: {data_row(bad[0], first_line)}, column {name}: value "
-                f"{_plain(df[name].iloc[bad[0]])!r} is not 1, 0, -1 or empty"
+                f"{plain_value(df[name].iloc[bad[0]])!r} is not 1, 0, -1 or empty"
             )
 
 
@@ -159,7 +159,7 @@ def one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split())
 
 
-def _plain(value: object) -> object:
+def plain_value(value: object) -> object:
     """A numpy scalar as the Python value, for messages."""
     return value.item() if isinstance(value, np.generic) else value
 
@@ -172,7 +172,7 @@ def _check_allowed(
     if bad.size:
         raise DataFormatError(
             f"{source}: {data_row(bad[0], first_line)}, column {column}: "
-            f"{_plain(values.iloc[bad[0]])!r} is not one of "
+            f"{plain_value(values.iloc[bad[0]])!r} is not one of "
             f"{', '.join(allowed)} (or empty)"
         )
 
